@@ -54,8 +54,11 @@ class DataConfig:
     embargo: int = _f(3, "Trading days left out between splits; labels look 3 days ahead, so use at least 3.")
     val_frac: float = _f(0.1, "Fraction of trading dates in the validation split (chronological).")
     test_frac: float = _f(0.1, "Fraction of trading dates in the test split (the most recent dates).")
-    flat_threshold_pct: float = _f(0.0, "A next-day move with |change %| <= this is flagged flat (it still counts as down).")
+    flat_threshold_pct: float = _f(0.0, "A next-day move with |change_pct_1| <= this (in percent) is flagged flat (it still counts as down).")
     tickers: list[str] = _f([], "Restrict to these tickers (empty: all).")
+    ticker: str | None = _f(None, "With --source csv: the ticker of a one-ticker file without a ticker column (default: the file name), or the one ticker to keep from a many-ticker file.")
+    exchange_tz: str = _f("America/New_York", "Exchange time zone: timestamps with a time of day and a zone are converted to this zone's trading date.")
+    max_daily_move_pct: float | None = _f(45.0, "A daily move beyond this many percent is treated as an unadjusted split: the ticker's series is cut there so no label or history spans it (0 or None: never cut).")
 
     def __post_init__(self) -> None:
         _check(self.source in ("sp500", "hf", "csv"), f"source={self.source!r}: use one of sp500, hf, csv.")
@@ -68,6 +71,9 @@ class DataConfig:
         _check(0 < self.val_frac < 0.5 and 0 < self.test_frac < 0.5 and self.val_frac + self.test_frac < 0.8,
                f"val_frac={self.val_frac}, test_frac={self.test_frac}: each must be in (0, 0.5) and together < 0.8.")
         _check(self.flat_threshold_pct >= 0, "flat_threshold_pct must be >= 0.")
+        _check(self.max_daily_move_pct is None or self.max_daily_move_pct >= 0,
+               f"max_daily_move_pct={self.max_daily_move_pct}: must be >= 0 (45 catches 2:1 splits; 0 never cuts).")
+        _check(_is_time_zone(self.exchange_tz), f"exchange_tz={self.exchange_tz!r}: use an IANA zone such as America/New_York.")
 
     @property
     def out_dir(self) -> Path:
@@ -94,11 +100,12 @@ class TrainConfig:
     lora_target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Modules that get a LoRA adapter.")
     trust_remote_code: bool = _f(False, "Allow model repos to run their own code (off unless you trust the repo).")
     device: str = _f("auto", "auto, cpu or cuda (auto picks cuda when available).")
+    gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass (needed for 1.5B models on an 8 GiB budget).")
     fast_sampler: bool = _f(True, "On CUDA, sample with the graph-captured bf16 decoder (stonklib.fastgen); the HF generate path is used on CPU.")
     # --- data
     data: str | None = _f(None, "A built data directory (stonk data build); default: the bundled S&P 500 data, built on first use.")
     natural_distribution: bool = _f(True, "Sample prompts from the natural up/down mix (Stage II). --balanced turns it off (Stage I).")
-    max_train_samples: int = _f(5000, "Use at most this many training examples (the most recent ones are kept chronological).")
+    max_train_samples: int = _f(5000, "Use at most this many training examples: a seeded sample over the whole train period (natural or balanced).")
     max_eval_samples: int = _f(64, "Validation examples scored at each evaluation.")
     prompt_version: str = _f("seed", "Prompt template name from stonklib.prompts.TEMPLATES (seed: the seed's Stage II prompt).")
     max_prompt_tokens: int = _f(1024, "Prompts longer than this are truncated (history rows first).")
@@ -109,6 +116,7 @@ class TrainConfig:
     num_generations: int = _f(4, "Completions sampled per prompt: the GRPO group size G.")
     grad_accum_steps: int = _f(1, "Micro-batches per optimizer step (the batch is split into this many).")
     max_new_tokens: int = _f(400, "Longest completion, in tokens.")
+    min_new_tokens: int = _f(0, "Forbid EOS before this many tokens (benchmarks force full-length completions).")
     temperature: float = _f(0.7, "Sampling temperature for rollouts.")
     top_p: float = _f(0.9, "Nucleus sampling threshold for rollouts.")
     kl_coef: float = _f(0.05, "beta: weight of the k3 KL penalty to the Stage I reference.")
@@ -155,6 +163,7 @@ class TrainConfig:
         _check(self.epochs >= 1, f"epochs={self.epochs}: must be at least 1.")
         _check(self.max_steps is None or self.max_steps >= 1, f"max_steps={self.max_steps}: must be at least 1.")
         _check(self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens}: must be at least 1.")
+        _check(0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be in [0, max_new_tokens].")
         _check(0 < self.top_p <= 1, f"top_p={self.top_p}: must be in (0, 1].")
         _check(self.temperature > 0, f"temperature={self.temperature}: must be > 0.")
         _check(self.save_steps >= 1 and self.eval_steps >= 1, "save_steps and eval_steps must be at least 1.")
@@ -167,6 +176,16 @@ class TrainConfig:
         _check(_is_model_ref(self.stage1_model),
                f"stage1_model={self.stage1_model!r} is neither a directory nor a hub id (org/name). "
                "Fetch the embedded model with `stonk model fetch smollm2` or pass a path.")
+
+
+def _is_time_zone(name: str) -> bool:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _is_model_ref(ref: str) -> bool:

@@ -1,0 +1,25 @@
+"""The CPU shape of ``grpo_throughput.py``: SmolLM2-135M-Instruct (real weights), 2 prompts x 4, 64 tokens.
+
+Run (from the repository root; needs ``models/smollm2-135m-instruct``, e.g. ``stonk model fetch smollm2``)::
+
+    python benchmarks/cpu_throughput.py                       # ours (trainer as configured), ours_fast, trl
+    python benchmarks/cpu_throughput.py --steps 3 --warmup 1
+
+Prompts are the project's real rendered prompts (the ``seed`` template, chat-formatted) for
+synthetic examples; completions are forced to 64 tokens. Float32, no quantisation. Besides "ours"
+(the trainer's own sampler choice: HF ``generate`` on CPU) it runs "ours_fast", the same trainer
+step with :class:`stonklib.fastgen.FastSampler` passed in, to show what the fast path does on CPU.
+Every flag of ``grpo_throughput.py`` is accepted.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grpo_throughput import main  # noqa: E402
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    defaults = ["--shape", "cpu", "--systems", "ours,ours_fast,trl", "--steps", "2", "--warmup", "0"]
+    main(defaults + args)  # later flags win in argparse

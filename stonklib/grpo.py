@@ -1,0 +1,267 @@
+"""GRPO as pure tensor functions: group advantages, the clipped surrogate loss, chunked log-probs.
+
+No model, trainer or optimizer lives here; ``trainer.py`` calls these pieces in the order of the paper.
+
+The variant
+-----------
+* **Advantages** (DeepSeekMath, arXiv 2402.03300, §4.1.2, outcome supervision): each prompt owns a
+  group of ``G`` contiguous completions and ``A_i = (r_i - mean(r)) / (std(r) + eps)`` with torch's
+  unbiased std and ``eps = 1e-4`` (as TRL). ``scale="none"`` keeps only the mean baseline, as
+  Dr. GRPO (arXiv 2503.20783) recommends, because dividing by the std over-weights groups that
+  are nearly all right or all wrong.
+* **Ratio and clipping** (PPO, token level): ``rho = exp(logp - old_logp)`` and the surrogate
+  ``min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)``. ``epsilon_high`` is DAPO's
+  "clip-higher" (arXiv 2503.14476); by default it equals ``epsilon`` (symmetric PPO clip).
+* **KL penalty**: Schulman's unbiased, always-positive **k3** estimator of KL(pi || pi_ref),
+  ``exp(ref - logp) - (ref - logp) - 1``, added *to the loss* per token with weight ``beta``
+  (as in DeepSeekMath), not folded into the reward. ``beta == 0`` drops it entirely.
+  Note what its gradient estimates: on-policy, ``grad k3 = (1 - pi_ref/pi) grad log pi``, whose
+  expectation is the gradient of the *forward* KL(pi_ref || pi). ``kl_bias_correction=True``
+  multiplies k3 by the ratio rho (DeepSeek-V3.2, arXiv 2512.02556; TRL's default
+  ``use_bias_correction_kl``); the gradient becomes ``(log pi - log pi_ref) grad log pi``, the
+  unbiased score-function gradient of the reverse KL(pi || pi_ref). Off by default, as in DeepSeekMath.
+* **Aggregation** (``loss_type``), ``L_t`` the per-token loss and ``m_t`` the completion mask:
+    - ``"grpo"``: mean over each sequence's tokens, then mean over sequences (DeepSeekMath eq. 3).
+      Long completions get a smaller per-token weight: the length bias Dr. GRPO points out.
+    - ``"dr_grpo"``: ``sum(L*m) / (B * T)`` with a constant ``T`` (Dr. GRPO); ``T`` is
+      ``mask.shape[1]`` unless ``max_completion_length`` is given (pass it to keep the scale
+      constant across batches, as TRL does).
+    - ``"dapo"``: token-level mean ``sum(L*m) / sum(m)`` (DAPO); ``num_items`` overrides the
+      denominator with a global token count when a batch is split across ranks or micro-batches.
+
+Departures from the textbook: with one optimisation pass per batch (mu = 1), ``old_logp`` equals
+``logp.detach()``, so rho == 1, nothing is clipped and the surrogate's gradient is plain
+REINFORCE with the group baseline; the clip only matters for mu > 1 or stale samples.
+
+Log-probs of the chosen tokens come from :func:`selective_log_softmax` (from logits) or
+:func:`logprobs_from_hidden` (from the last hidden states and the lm-head weight), both chunked
+so that neither the float32 ``[B, T, V]`` tensor nor (for the latter) the bf16 logits ever exist
+whole; with autograd on, each chunk is recomputed in the backward pass (activation checkpointing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+LossType = Literal["grpo", "dr_grpo", "dapo"]
+LOSS_TYPES: tuple[str, ...] = ("grpo", "dr_grpo", "dapo")
+
+
+# --------------------------------------------------------------------------- advantages
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> Tensor:
+    """Group-relative advantages, shape ``[B*G]``, for rewards laid out as B groups of G contiguous entries.
+
+    ``scale="group"``: ``(r - group_mean) / (group_std + eps)`` (unbiased std); ``scale="none"``:
+    ``r - group_mean`` (Dr. GRPO). A group whose rewards are all equal gets advantages of zero
+    (up to float rounding of the mean), never NaN.
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [B*G] (groups contiguous), got shape {tuple(rewards.shape)}; flatten it.")
+    if group_size < 2:
+        raise ValueError(f"group_size={group_size}: a group needs at least 2 completions for a baseline and a std.")
+    if rewards.numel() == 0 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into whole groups of {group_size}; "
+                         "pass num_prompts * group_size rewards, each prompt's completions contiguous.")
+    if scale not in ("group", "none"):
+        raise ValueError(f"scale={scale!r}: use 'group' (divide by the group std) or 'none' (Dr. GRPO).")
+    grouped = rewards.view(-1, group_size)
+    if not grouped.is_floating_point():
+        grouped = grouped.float()
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale == "group":
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+# --------------------------------------------------------------------------- loss
+def grpo_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    ref_logp: Tensor | None,
+    advantages: Tensor,
+    mask: Tensor,
+    beta: float = 0.05,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    loss_type: str = "grpo",
+    *,
+    max_completion_length: int | None = None,
+    num_items: float | None = None,
+    kl_bias_correction: bool = False,
+) -> tuple[Tensor, dict[str, float]]:
+    """The clipped GRPO loss (to minimise) and detached stats; see the module docstring for the variant.
+
+    Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask`` are ``[B, T]``, ``advantages`` is ``[B]``.
+    Gradient flows through ``logp`` only; ``old_logp`` and ``ref_logp`` are detached. Positions with
+    ``mask == 0`` may hold anything (even inf/NaN): they are zeroed before any arithmetic, so they
+    neither change the loss nor receive gradient. ``ref_logp`` may be ``None`` when ``beta == 0``.
+
+    ``max_completion_length`` sets ``T`` for ``"dr_grpo"`` (default ``mask.shape[1]``);
+    ``num_items`` sets the token count for ``"dapo"`` (default ``mask.sum()``).
+    ``kl_bias_correction`` multiplies the k3 term by the (differentiable) ratio, TRL's
+    ``use_bias_correction_kl`` (its default); see the module docstring.
+
+    ``stats`` (python floats; token-weighted means over the masked tokens, as TRL logs them):
+    - ``kl``: the KL term as it enters the loss; present whenever ``ref_logp`` is given, even at ``beta == 0``.
+    - ``clip_fraction``: share of tokens whose clipped branch is strictly active, i.e. the surrogate's
+      gradient is zero there: ``rho < 1 - eps_low and A < 0`` or ``rho > 1 + eps_high and A > 0``
+      (TRL's ``clip_ratio/region_mean``); its two parts ``clip_low_fraction``, ``clip_high_fraction``.
+    - ``ratio_mean``, and ``num_tokens`` (the masked token count).
+    """
+    _check_loss_inputs(logp, old_logp, ref_logp, advantages, mask, beta, epsilon, epsilon_high, loss_type)
+    keep = mask.bool()
+    logp = logp.masked_fill(~keep, 0.0)  # padding may be garbage: zero it before exp()
+    old_logp = old_logp.detach().masked_fill(~keep, 0.0)
+    adv = advantages.detach().to(logp.dtype).unsqueeze(1)
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+
+    ratio = torch.exp(logp - old_logp)
+    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)
+    per_token = -torch.minimum(ratio * adv, clipped * adv)
+    kl = None
+    if ref_logp is not None:  # with beta == 0 only for the stat: no graph, nothing in the loss
+        with torch.set_grad_enabled(torch.is_grad_enabled() and beta != 0):
+            kl = k3_kl(logp, ref_logp.detach().masked_fill(~keep, 0.0))
+            if kl_bias_correction:
+                kl = kl * ratio
+    if beta != 0:
+        per_token = per_token + beta * kl
+
+    weights = keep.to(logp.dtype)
+    loss = _aggregate(per_token, weights, loss_type, max_completion_length, num_items)
+    stats = _loss_stats(ratio.detach(), adv, kl, weights, epsilon, eps_high)
+    return loss, stats
+
+
+def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token k3 estimate of KL(pi || pi_ref) from samples of pi: ``exp(d) - d - 1``, ``d = ref - logp`` (>= 0)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+def _aggregate(per_token: Tensor, weights: Tensor, loss_type: str,
+               max_completion_length: int | None, num_items: float | None) -> Tensor:
+    masked = per_token * weights
+    if loss_type == "grpo":
+        return (masked.sum(-1) / weights.sum(-1).clamp(min=1.0)).mean()
+    if loss_type == "dr_grpo":
+        length = weights.shape[1] if max_completion_length is None else max_completion_length
+        return masked.sum() / (weights.shape[0] * length)
+    count = weights.sum() if num_items is None else torch.as_tensor(num_items, dtype=weights.dtype, device=weights.device)
+    return masked.sum() / count.clamp(min=1.0)
+
+
+@torch.no_grad()
+def _loss_stats(ratio: Tensor, adv: Tensor, kl: Tensor | None, weights: Tensor,
+                eps_low: float, eps_high: float) -> dict[str, float]:
+    is_low = (ratio < 1.0 - eps_low) & (adv < 0)
+    is_high = (ratio > 1.0 + eps_high) & (adv > 0)
+    parts = {
+        "clip_fraction": (is_low | is_high).to(weights.dtype),
+        "clip_low_fraction": is_low.to(weights.dtype),
+        "clip_high_fraction": is_high.to(weights.dtype),
+        "ratio_mean": ratio,
+    }
+    if kl is not None:
+        parts["kl"] = kl.detach()
+    count = weights.sum()
+    means = [(x * weights).sum() / count.clamp(min=1.0) for x in parts.values()]
+    values = torch.stack([*means, count]).tolist()  # one device sync for all stats
+    return dict(zip([*parts, "num_tokens"], values, strict=True))
+
+
+def _check_loss_inputs(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor,
+                       mask: Tensor, beta: float, epsilon: float, epsilon_high: float | None,
+                       loss_type: str) -> None:
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r}: use one of {', '.join(LOSS_TYPES)}.")
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be [B, T] per-token log-probs, got shape {tuple(logp.shape)}.")
+    named = {"old_logp": old_logp, "mask": mask} | ({"ref_logp": ref_logp} if ref_logp is not None else {})
+    for name, t in named.items():
+        if t.shape != logp.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but logp has {tuple(logp.shape)}; they must match.")
+    if advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages must be [B]={tuple(logp.shape[:1])} (one per completion), got {tuple(advantages.shape)}.")
+    if beta != 0 and ref_logp is None:
+        raise ValueError(f"beta={beta} needs ref_logp for the KL penalty; pass it, or set beta=0 to drop the KL term.")
+    if beta < 0 or epsilon < 0 or (epsilon_high is not None and epsilon_high < 0):
+        raise ValueError(f"beta={beta}, epsilon={epsilon}, epsilon_high={epsilon_high}: all must be >= 0.")
+
+
+# --------------------------------------------------------------------------- log-probs
+def selective_log_softmax(logits: Tensor, index: Tensor, chunk_size: int = 512, temperature: float = 1.0) -> Tensor:
+    """``log_softmax(logits / temperature).gather(index)`` as float32 ``[B, T]``, one chunk of rows at a time.
+
+    ``logits`` is ``[B, T, V]`` in any float dtype and ``index`` ``[B, T]``. Each chunk of ``chunk_size``
+    rows is upcast to float32 for its logsumexp, so at most a ``[chunk_size, V]`` float32 tensor exists.
+    float64 logits stay float64 (and so does the result), which is what gradcheck needs.
+    """
+    _check_index(logits.shape[:-1], index, "logits")
+    flat, idx = logits.reshape(-1, logits.shape[-1]), index.reshape(-1).long()
+    out = [_maybe_checkpoint(_chunk_logp, flat[i : i + chunk_size], idx[i : i + chunk_size], temperature)
+           for i in range(0, flat.shape[0], chunk_size)]
+    return _join(out, index)
+
+
+def logprobs_from_hidden(
+    hidden: Tensor,
+    lm_head_weight: Tensor,
+    index: Tensor,
+    chunk_tokens: int = 512,
+    bias: Tensor | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Log-probs (float32 ``[B, T]``; float64 for float64 inputs) of ``index`` under ``softmax(hidden @ W.T + bias)``, chunked over tokens.
+
+    ``hidden`` is ``[B, T, H]``, ``lm_head_weight`` ``[V, H]``; ``hidden[:, t]`` scores ``index[:, t]``
+    (shift by one before calling). The projection runs in ``hidden``'s dtype one chunk of
+    ``chunk_tokens`` tokens at a time, so the full ``[B, T, V]`` logits never exist; under autograd each
+    chunk is recomputed in the backward pass, so no chunk's logits are kept for it either.
+    """
+    _check_index(hidden.shape[:-1], index, "hidden")
+    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"lm_head_weight must be [V, H={hidden.shape[-1]}], got {tuple(lm_head_weight.shape)}.")
+    flat, idx = hidden.reshape(-1, hidden.shape[-1]), index.reshape(-1).long()
+    out = [_maybe_checkpoint(_chunk_logp_from_hidden, flat[i : i + chunk_tokens], lm_head_weight, bias,
+                             idx[i : i + chunk_tokens], temperature)
+           for i in range(0, flat.shape[0], chunk_tokens)]
+    return _join(out, index)
+
+
+def _chunk_logp(logits: Tensor, index: Tensor, temperature: float) -> Tensor:
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logits.gather(-1, index.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _chunk_logp_from_hidden(hidden: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor,
+                            temperature: float) -> Tensor:
+    return _chunk_logp(F.linear(hidden, weight, bias), index, temperature)
+
+
+def _maybe_checkpoint(fn: Callable[..., Tensor], *args: object) -> Tensor:
+    """Run ``fn`` directly, or under activation checkpointing when autograd would otherwise keep its logits."""
+    needs_grad = torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+    return checkpoint(fn, *args, use_reentrant=False) if needs_grad else fn(*args)
+
+
+def _join(chunks: list[Tensor], like: Tensor) -> Tensor:
+    if not chunks:  # zero tokens
+        return torch.zeros(like.shape, device=like.device)
+    return torch.cat(chunks).view(like.shape)
+
+
+def _check_index(lead_shape: torch.Size, index: Tensor, name: str) -> None:
+    if index.shape != lead_shape or len(lead_shape) != 2:
+        raise ValueError(f"index must be [B, T] matching {name}'s leading dims {tuple(lead_shape)}, "
+                         f"got {tuple(index.shape)}.")
+    if index.is_floating_point() or index.dtype == torch.bool:
+        raise ValueError(f"index must hold integer token ids, got {index.dtype}.")

@@ -1,0 +1,402 @@
+"""The GRPO training loop for Stage I and Stage II (``stonk train``).
+
+One optimizer step, as in DeepSeekMath's GRPO (arXiv 2402.03300) with one
+optimisation epoch per batch (μ = 1):
+
+1. take ``batch_size`` prompts (natural market mix for Stage II, balanced for Stage I);
+2. sample ``num_generations`` = G completions for each, all B×G in one batched call;
+3. score every completion with the five-part reward (:func:`stonklib.rewards.score`);
+4. normalise rewards within each group of G (:func:`stonklib.grpo.group_advantages`);
+5. compute the policy's log-probs (with grad) and the reference's (the same model
+   with the LoRA adapter disabled, no copy); with μ = 1 the "old" log-probs equal the
+   current ones detached, so the ratio is 1 in value but carries the gradient;
+6. :func:`stonklib.grpo.grpo_loss` (clipped surrogate + β·k3 KL), backward with
+   gradient accumulation, clip the norm, AdamW, LR schedule.
+
+Non-finite losses or gradients skip the update and are counted. Every step's
+completions go to the JSONL, flushed; checkpoints are atomic; ``--resume``
+continues at the same step, data position and RNG state.
+
+Under ``accelerate launch``/``torchrun`` each rank takes a disjoint slice of each
+step's prompts, DDP all-reduces the LoRA gradients, and rank 0 writes everything.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from stonklib import config as cfglib
+from stonklib import distributed as D
+from stonklib.checkpoint import (latest_checkpoint, load_adapter_weights, load_training_state, prune_checkpoints,
+                                 save_checkpoint)
+from stonklib.data.records import Example
+from stonklib.grpo import group_advantages, grpo_loss
+from stonklib.market import MarketStats
+from stonklib.prompts import fit_prompt
+from stonklib.rewards import score
+from stonklib.rollout import HFSampler, Rollout, completion_logprobs, encode_prompts, rollout
+from stonklib.runlog import RunLog
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step produced (this rank's share)."""
+
+    rollout: Rollout
+    rewards: torch.Tensor  # [N] totals
+    components: dict[str, torch.Tensor]  # part -> [N]
+    advantages: torch.Tensor  # [N]
+    predictions: list[str]  # parsed day-1 direction per completion
+    examples: list[Example]  # the B prompts' examples
+    market: MarketStats  # this step's counts (this rank only)
+    loss: float
+    stats: dict[str, float]
+    skipped: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _PolicyLogprobs(torch.nn.Module):
+    """Wraps the policy so DDP sees a forward call: returns completion log-probs."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, input_ids, attention_mask, n_completion: int, temperature: float):
+        return completion_logprobs(self.policy, input_ids, attention_mask, n_completion, temperature)
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: cfglib.TrainConfig, policy, tokenizer, train: list[Example], val: list[Example],
+                 dist: D.Dist = D.Dist(), runlog: RunLog | None = None, sampler=None, reward_fn=None):
+        self.cfg, self.policy, self.tok, self.train_set, self.val_set, self.dist = cfg, policy, tokenizer, train, val, dist
+        self.device = next(p for p in policy.parameters()).device
+        self.log = runlog or RunLog(cfg.output_dir, cfg.stage, is_main=dist.is_main, tensorboard=cfg.tensorboard)
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = max(1, math.ceil(len(train) / (cfg.batch_size * dist.world)))
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.scheduler = _make_scheduler(cfg, self.optimizer, self.total_steps)
+        self.sampler = sampler or HFSampler(policy, tokenizer)
+        self.forward = _PolicyLogprobs(policy)
+        if dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = torch.nn.parallel.DistributedDataParallel(self.forward, device_ids=ids)
+        self.reward_fn = reward_fn or self._five_part_reward
+        self.market = MarketStats()
+        self.step_num, self.best_val, self.skipped_updates = 0, -math.inf, 0
+
+    # ------------------------------------------------------------------ data
+    def batch_examples(self, step: int) -> list[Example]:
+        """This rank's prompts for ``step``: a slice of a per-epoch seeded permutation."""
+        n, per_step = len(self.train_set), self.cfg.batch_size * self.dist.world
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed + epoch)).tolist()
+        idx = [order[(pos * per_step + k) % n] for k in range(per_step)]
+        mine = idx[self.dist.rank * self.cfg.batch_size:(self.dist.rank + 1) * self.cfg.batch_size]
+        return [self.train_set[i] for i in mine]
+
+    def encode(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = [fit_prompt(ex, self.tok, self.cfg.max_prompt_tokens, self.cfg.prompt_version).text for ex in examples]
+        return encode_prompts(self.tok, texts, self.device)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, examples: list[Example]) -> StepResult:
+        return self.step(*self.encode(examples), examples)
+
+    def step(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[Example]) -> StepResult:
+        cfg, G, t = self.cfg, self.cfg.num_generations, {}
+        t0 = time.perf_counter()
+        roll = rollout(self.sampler, self.tok, prompt_ids, prompt_mask, G, max_new_tokens=cfg.max_new_tokens,
+                       min_new_tokens=cfg.min_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+        t["sample_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        group_examples = [ex for ex in examples for _ in range(G)]
+        scored = [self.reward_fn(c, ex) for c, ex in zip(roll.texts, group_examples)]
+        rewards = torch.tensor([s.total for s in scored], dtype=torch.float32)
+        components = {k: torch.tensor([s.components[k] for s in scored]) for k in cfglib.REWARD_PARTS}
+        advantages = group_advantages(rewards, G, scale=cfg.scale_rewards)
+        t["score_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        loss, stats, skipped = self._update(roll, advantages.to(self.device))
+        t["update_s"] = time.perf_counter() - t0
+        self.sampler.refresh(self.policy)
+
+        predictions = [s.prediction.direction for s in scored]
+        delta = MarketStats()
+        delta.update([ex.direction_1 for ex in group_examples], predictions)
+        return StepResult(roll, rewards, components, advantages, predictions, list(examples), delta,
+                          loss, stats, skipped, t)
+
+    def _five_part_reward(self, completion: str, example: Example):
+        class_freq = self.market.class_freq() if self.cfg.bias_adaptation else None
+        return score(completion, example, self.cfg.reward_weights, multi_horizon=self.cfg.multi_horizon,
+                     class_freq=class_freq)
+
+    def _update(self, roll: Rollout, advantages: torch.Tensor) -> tuple[float, dict[str, float], bool]:
+        cfg = self.cfg
+        n_mb = cfg.grad_accum_steps
+        rows = roll.input_ids.shape[0] // n_mb  # whole groups per micro-batch (config guarantees it)
+        C = roll.completion_ids.shape[1]
+        # DAPO normalises by the tokens of the whole step, not of each micro-batch.
+        num_items = float(roll.completion_mask.sum()) / n_mb if cfg.loss_type == "dapo" else None
+        self.policy.train()
+        total_loss, stats_acc = 0.0, {}
+        for m in range(n_mb):
+            sl = slice(m * rows, (m + 1) * rows)
+            ids, attn, cmask = roll.input_ids[sl], roll.attention_mask[sl], roll.completion_mask[sl]
+            ref_logp = None
+            if cfg.kl_coef > 0:
+                with torch.no_grad(), self.policy.disable_adapter():
+                    ref_logp = completion_logprobs(self.policy, ids, attn, C, cfg.temperature)
+            sync = m == n_mb - 1 or not self.dist.enabled
+            ctx = self.forward.no_sync() if not sync else _nullcontext()
+            with ctx:
+                logp = self.forward(ids, attn, C, cfg.temperature)
+                loss, stats = grpo_loss(logp, logp.detach(), ref_logp, advantages[sl], cmask.float(),
+                                        beta=cfg.kl_coef, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                                        loss_type=cfg.loss_type, max_completion_length=cfg.max_new_tokens,
+                                        num_items=num_items)
+                (loss / n_mb).backward()
+            total_loss += float(loss.detach()) / n_mb
+            for k, v in stats.items():
+                stats_acc[k] = stats_acc.get(k, 0.0) + v / n_mb
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        stats_acc["grad_norm"] = float(grad_norm)
+        skipped = not (math.isfinite(total_loss) and math.isfinite(float(grad_norm)))
+        if skipped:
+            self.skipped_updates += 1
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, stats_acc, skipped
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.resume:
+            self._resume()
+        bar = tqdm(total=self.total_steps, initial=self.step_num, desc=f"GRPO stage {cfg.stage}",
+                   disable=not self.dist.is_main, unit="step")
+        while self.step_num < self.total_steps:
+            step = self.step_num
+            torch.manual_seed(cfg.seed * 1_000_003 + step * self.dist.world + self.dist.rank)
+            t0 = time.perf_counter()
+            res = self.train_step(self.batch_examples(step))
+            self.step_num = step + 1
+            scalars = self._log_step(step, res, time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix(reward=f"{scalars['reward/total']:.2f}", kl=f"{scalars.get('kl', 0.0):.4f}")
+            epoch_end = self.step_num % self.steps_per_epoch == 0
+            if self.step_num % cfg.eval_steps == 0 or self.step_num == self.total_steps:
+                self._evaluate_and_keep_best()
+            if self.step_num % cfg.save_steps == 0 or epoch_end or self.step_num == self.total_steps:
+                self.save()
+        bar.close()
+        summary = {"steps": self.step_num, "best_val_reward": self.best_val, "skipped_updates": self.skipped_updates,
+                   "market": self.market.to_dict()}
+        self.log.info("done %s", summary)
+        return summary
+
+    def _log_step(self, step: int, res: StepResult, seconds: float) -> dict[str, float]:
+        """Aggregate over ranks, write the JSONL rows and the scalars (rank 0)."""
+        n = torch.tensor([len(res.rewards), res.rollout.n_completion_tokens], dtype=torch.float64)
+        sums = torch.stack([res.rewards.sum().double()] + [res.components[k].sum().double() for k in cfglib.REWARD_PARTS])
+        n, sums = D.all_reduce_sum(n, self.dist), D.all_reduce_sum(sums, self.dist)
+        self.market = self.market + _sync_market(res.market, self.dist)
+        scalars = {"reward/total": float(sums[0] / n[0])}
+        scalars |= {f"reward/{k}": float(sums[i + 1] / n[0]) for i, k in enumerate(cfglib.REWARD_PARTS)}
+        scalars |= {k: v for k, v in res.stats.items()} | {"loss": res.loss, "lr": self.scheduler.get_last_lr()[0]}
+        scalars |= {"tokens_per_s": float(n[1]) / max(seconds, 1e-9), "step_s": seconds,
+                    "epoch": step / self.steps_per_epoch, "skipped_updates": self.skipped_updates}
+        scalars |= {f"market/{k}": v for k, v in self.market.to_dict().items() if isinstance(v, float)}
+        scalars |= {f"time/{k}": v for k, v in res.timings.items()}
+        rows = D.gather_to_main(self._completion_rows(step, res), self.dist)
+        if self.dist.is_main:
+            self.log.completions([r for rank_rows in rows for r in rank_rows])
+            if step % self.cfg.logging_steps == 0:
+                self.log.scalars(step + 1, scalars)
+            self.market.save(Path(self.cfg.output_dir) / "market_stats.json")
+        return scalars
+
+    def _completion_rows(self, step: int, res: StepResult) -> list[dict]:
+        G, rows, examples = self.cfg.num_generations, [], res.examples
+        for i, text in enumerate(res.rollout.texts):
+            ex = examples[i // G]
+            rows.append({
+                "step": step + 1, "epoch": step // self.steps_per_epoch, "rank": self.dist.rank,
+                "prompt_id": f"{ex.ticker}@{ex.date}", "ticker": ex.ticker, "date": ex.date, "completion": text,
+                "predicted_direction": res.predictions[i], "actual_change_pct": ex.change_pct_1,
+                "actual_direction": ex.direction_1, "rewards": {k: float(v[i]) for k, v in res.components.items()},
+                "reward_total": float(res.rewards[i]), "advantage": float(res.advantages[i]), "loss": res.loss,
+                "skipped": res.skipped,
+            })
+        return rows
+
+    # ------------------------------------------------------------------ eval / save / resume
+    @torch.no_grad()
+    def validation_reward(self) -> dict[str, float]:
+        """Greedy completions on the first ``max_eval_samples`` val examples (split over ranks)."""
+        exs = self.val_set[: self.cfg.max_eval_samples][self.dist.rank::self.dist.world]
+        tot = torch.zeros(4, dtype=torch.float64)
+        for i in range(0, len(exs), max(1, self.cfg.batch_size * self.cfg.num_generations)):
+            chunk = exs[i:i + self.cfg.batch_size * self.cfg.num_generations]
+            ids, mask = self.encode(chunk)
+            roll = rollout(HFSampler(self.policy, self.tok), self.tok, ids, mask, 1,
+                           max_new_tokens=self.cfg.max_new_tokens, greedy=True)
+            for text, ex in zip(roll.texts, chunk):
+                s = self.reward_fn(text, ex)
+                tot += torch.tensor([1.0, s.total, float(s.components["format"] > 0),
+                                     float(s.prediction.direction == ex.direction_1)], dtype=torch.float64)
+        tot = D.all_reduce_sum(tot, self.dist)
+        n = max(float(tot[0]), 1.0)
+        return {"val/reward": float(tot[1]) / n, "val/format_rate": float(tot[2]) / n, "val/accuracy": float(tot[3]) / n}
+
+    def _evaluate_and_keep_best(self) -> None:
+        if not self.val_set:
+            return
+        metrics = self.validation_reward()
+        if self.dist.is_main:
+            self.log.scalars(self.step_num, metrics)
+            self.log.info("step %d validation %s", self.step_num, metrics)
+        if metrics["val/reward"] > self.best_val:
+            self.best_val = metrics["val/reward"]
+            self.save(Path(self.cfg.output_dir) / "best")
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step_num, "epoch": self.step_num // self.steps_per_epoch,
+                "data_position": self.step_num % self.steps_per_epoch, "best_val_reward": self.best_val,
+                "skipped_updates": self.skipped_updates, "market": self.market.to_dict(),
+                "log_offsets": self.log.offsets(), "world_size": self.dist.world, "total_steps": self.total_steps}
+
+    def save(self, folder: Path | None = None) -> None:
+        D.barrier(self.dist)
+        if self.dist.is_main:
+            folder = folder or Path(self.cfg.output_dir) / f"checkpoint-{self.step_num}"
+            save_checkpoint(folder, model=self.policy, tokenizer=self.tok, optimizer=self.optimizer,
+                            scheduler=self.scheduler, state=self.state())
+            self.log.info("saved %s", folder)
+            if folder.name.startswith("checkpoint-"):
+                prune_checkpoints(self.cfg.output_dir, self.cfg.save_total_limit)
+        D.barrier(self.dist)
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.cfg.output_dir)
+        if ckpt is None:
+            self.log.info("resume: no complete checkpoint in %s, starting fresh", self.cfg.output_dir)
+            return
+        load_adapter_weights(self.policy, ckpt)
+        state = load_training_state(ckpt, self.optimizer, self.scheduler)
+        self.step_num, self.best_val = state["step"], state["best_val_reward"]
+        self.skipped_updates = state["skipped_updates"]
+        self.market = MarketStats.from_dict(state["market"])
+        self.log.truncate(state["log_offsets"])
+        self.sampler.refresh(self.policy)
+        self.log.info("resumed from %s at step %d", ckpt, self.step_num)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _sync_market(market: MarketStats, d: D.Dist) -> MarketStats:
+    """One step's market counts summed over ranks (each rank only saw its own completions)."""
+    if not d.enabled:
+        return market
+    return MarketStats.from_tensor(D.all_reduce_sum(market.as_tensor(), d))
+
+
+def _make_scheduler(cfg: cfglib.TrainConfig, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+# ---------------------------------------------------------------------- setup
+def make_sampler(cfg: cfglib.TrainConfig, policy, tokenizer):
+    """The fast graph-captured sampler on CUDA when asked for, else the HF reference sampler."""
+    device = next(policy.parameters()).device
+    if cfg.fast_sampler and device.type == "cuda":
+        from stonklib.fastgen import FastSampler
+
+        return FastSampler(policy, tokenizer, max_batch=cfg.batch_size * cfg.num_generations,
+                           max_len=cfg.max_prompt_tokens + cfg.max_new_tokens)
+    return HFSampler(policy, tokenizer)
+
+
+def load_examples_for(cfg: cfglib.TrainConfig) -> tuple[list[Example], list[Example]]:
+    """Training examples (natural or balanced sample) and validation examples."""
+    from stonklib.data import ensure_data, load_split, sample_examples
+
+    data_dir = ensure_data(cfg.data)
+    train_df = sample_examples(load_split(data_dir, "train"), cfg.max_train_samples, natural=cfg.natural_distribution,
+                               seed=cfg.seed)
+    val_df = load_split(data_dir, "val")
+    val_df = val_df.iloc[_spread(len(val_df), cfg.max_eval_samples)]
+    to_ex = lambda df: [Example.from_row(r) for r in df.to_dict("records")]  # noqa: E731
+    return to_ex(train_df), to_ex(val_df)
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """k row positions spread evenly over n (validation covers the whole val period)."""
+    if k >= n:
+        return list(range(n))
+    return [int(i * n / k) for i in range(k)]
+
+
+def run_training(cfg: cfglib.TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Everything ``stonk train`` does: set up, train, save the final adapter."""
+    from stonklib.models import describe, load_policy, pick_device
+
+    device = pick_device(cfg.device)
+    dist = D.init(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    out = Path(cfg.output_dir)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume and _has_run(out):
+            raise cfglib.ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --output_dir.")
+        cfglib.dump_yaml(cfg, out / "config.yaml")
+    D.barrier(dist)
+    torch.manual_seed(cfg.seed)
+    train, val = load_examples_for(cfg)
+    device_map = {"": device.index or 0} if device.type == "cuda" else None
+    policy, tok = load_policy(cfg, device, device_map=device_map)
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy.config.use_cache = True  # generation still uses the KV cache
+    log = RunLog(out, cfg.stage, is_main=dist.is_main, tensorboard=cfg.tensorboard)
+    log.header(cfglib.to_dict(cfg), {"model": describe(policy), "world_size": dist.world, "device": str(device),
+                                     "n_train": len(train), "n_val": len(val)})
+    trainer = GRPOTrainer(cfg, policy, tok, train, val, dist=dist, runlog=log, sampler=make_sampler(cfg, policy, tok))
+    try:
+        summary = trainer.train()
+        if dist.is_main:
+            policy.save_pretrained(out / "final", safe_serialization=True)
+            tok.save_pretrained(out / "final")
+    finally:
+        log.close()
+        D.shutdown(dist)
+    return summary
+
+
+def _has_run(out: Path) -> bool:
+    return any(out.glob("checkpoint-*")) or (out / "train_metrics.jsonl").exists()
