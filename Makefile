@@ -1,5 +1,6 @@
 # One-command entry points. Everything runs offline once the wheels are cached.
 PY      ?= python3
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 PYTEST  := $(BIN)/python -m pytest

@@ -22,7 +22,8 @@ import dataclasses
 import json
 import logging
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from stonklib import config as C
 
@@ -46,7 +47,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     types = C.field_types(cls)
     for f in dataclasses.fields(cls):
         tp, default = C.base_type(types[f.name]), f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kw: dict[str, Any] = {"help": f"{f.metadata.get('help', '')} (default: {default})", "default": None}
+        text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help
+        kw: dict[str, Any] = {"help": text, "default": None}
         if tp is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif tp is list:

@@ -20,7 +20,6 @@ transformers directory (safetensors, tokenizer, chat template).
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -237,7 +236,7 @@ def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
     peft_model = get_peft_model(model, cfg)
     if getattr(model, "is_loaded_in_4bit", False):
         # Keep the adapter weights in float32 for stable optimizer updates.
-        for n, p in peft_model.named_parameters():
+        for p in peft_model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
     return peft_model
@@ -276,7 +275,3 @@ def describe(model) -> dict:
     return {"params_total": total, "params_trainable": trainable,
             "quantized_4bit": bool(getattr(model, "is_loaded_in_4bit", False)),
             "dtype": str(next(model.parameters()).dtype)}
-
-
-def find_files(pattern: str) -> list[str]:
-    return sorted(glob.glob(pattern))

@@ -1,0 +1,95 @@
+"""Configs, flags and the seed's command line: one name everywhere, errors before any model loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stonklib import cli
+from stonklib import config as C
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("cls, command", [(C.TrainConfig, "train"), (C.EvalConfig, "evaluate"), (C.DataConfig, ["data", "build"])])
+def test_every_config_field_is_a_flag(cls, command):
+    parser = cli.build_parser()
+    sub = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - reading argparse's own tables
+    if isinstance(command, list):
+        sub = sub[command[0]]._subparsers._group_actions[0].choices
+        command = command[1]
+    flags = {a.dest for a in sub[command]._actions}
+    assert {f.name for f in dataclasses.fields(cls)} <= flags
+
+
+def test_seed_flags_parse_to_the_seed_config(tmp_path):
+    args = cli.build_parser().parse_args(
+        ["train", "--stage1_model", "Qwen/Qwen2.5-1.5B-Instruct", "--epochs", "5", "--batch_size", "2", "--lr", "3e-6",
+         "--kl_coef", "0.03", "--save_steps", "100", "--quantize", "--natural_distribution",
+         "--max_train_samples", "100", "--output_dir", str(tmp_path / "r")])
+    cfg = cli.config_from_args(C.TrainConfig, args)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.kl_coef, cfg.save_steps) == (5, 2, 3e-6, 0.03, 100)
+    assert cfg.quantize and cfg.natural_distribution and cfg.max_train_samples == 100 and cfg.lora_r == 8
+
+
+def test_seed_defaults():
+    cfg = C.TrainConfig(stage1_model="Qwen/Qwen2.5-1.5B-Instruct")
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.kl_coef, cfg.save_steps, cfg.max_train_samples) == (3, 4, 5e-6, 0.05, 50, 5000)
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (8, 16, 0.05)
+    assert cfg.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert C.TrainConfig(stage=1, stage1_model="Qwen/Qwen2.5-1.5B-Instruct").lora_r == 16
+
+
+def test_flags_override_yaml_sections(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("train:\n  stage1_model: Qwen/Qwen2.5-1.5B-Instruct\n  lr: 1.0e-5\n  batch_size: 4\neval:\n  limit: 3\n")
+    args = cli.build_parser().parse_args(["train", "--config", str(y), "--batch_size", "2"])
+    cfg = cli.config_from_args(C.TrainConfig, args)
+    assert cfg.lr == 1e-5 and cfg.batch_size == 2
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(batch_size=3, grad_accum_steps=2), "divisors of 3"),  # why: micro-batches must hold whole groups
+    (dict(num_generations=1), "at least 2 completions"),  # why: a group of one has no baseline
+    (dict(lr=0.0), "learning rate must be > 0"),  # why: nothing would train
+    (dict(loss_type="ppo"), "grpo, dr_grpo, dapo"),  # why: unknown aggregation
+    (dict(reward_weights={"style": 1.0}), "unknown parts"),  # why: a typo must not pass silently
+    (dict(stage1_model="models/does-not-exist"), "stonk model fetch"),  # why: a missing local dir is not a hub id
+    (dict(data="/no/such/dir"), "stonk data build"),  # why: data dir must exist
+    (dict(min_new_tokens=10, max_new_tokens=5), "min_new_tokens"),  # why: impossible lengths
+])
+def test_train_config_rejects_bad_values_with_a_fix(kw, message):
+    kw.setdefault("stage1_model", "Qwen/Qwen2.5-1.5B-Instruct")
+    with pytest.raises(C.ConfigError, match=message):
+        C.TrainConfig(**kw)
+
+
+def test_unknown_yaml_key_names_the_valid_ones(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("stage1_model: Qwen/Qwen2.5-1.5B-Instruct\nlearning_rate: 1.0e-5\n")
+    with pytest.raises(C.ConfigError, match="learning_rate.*valid: .*lr"):
+        C.build(C.TrainConfig, y)
+
+
+def test_cli_reports_config_errors_without_a_traceback(capsys):
+    assert cli.main(["train", "--stage1_model", "Qwen/Qwen2.5-1.5B-Instruct", "--num_generations", "1"]) == 2
+    assert "num_generations=1" in capsys.readouterr().err
+
+
+def test_train_stage2_sh_usage_error():
+    res = subprocess.run([str(ROOT / "train_stage2.sh")], capture_output=True, text=True)
+    assert res.returncode == 2 and "usage" in res.stderr
+
+
+def test_shipped_configs_are_valid():
+    for name in ("stage1.yaml", "stage2.yaml", "smoke.yaml"):
+        path = ROOT / "configs" / name
+        if not path.exists():
+            pytest.skip(f"{name} not written yet")
+        data = C.load_yaml(path)
+        train = data.get("train", data)
+        names = {f.name for f in dataclasses.fields(C.TrainConfig)}
+        assert set(train) <= names, f"{name}: unknown keys {set(train) - names}"
