@@ -16,8 +16,9 @@ import math
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 COMPLETIONS = "{stage}_training_log.jsonl"  # stage2_training_log.jsonl, as in the seed
 METRICS = "train_metrics.jsonl"

@@ -17,12 +17,18 @@ Non-finite losses or gradients skip the update and are counted. Every step's
 completions go to the JSONL, flushed; checkpoints are atomic; ``--resume``
 continues at the same step, data position and RNG state.
 
-Under ``accelerate launch``/``torchrun`` each rank takes a disjoint slice of each
-step's prompts, DDP all-reduces the LoRA gradients, and rank 0 writes everything.
+Under ``accelerate launch``/``torchrun`` (N ranks) each rank takes a disjoint slice of
+``batch_size`` prompts from each step's global batch of ``batch_size × N`` and samples its G
+completions per prompt with its own seed, so groups never straddle ranks. DDP all-reduces
+(averages) the LoRA gradients; rewards, market counts, loss and its stats are reduced over ranks
+before logging; rank 0 writes the logs, TensorBoard and checkpoints; every checkpoint records
+a fingerprint of each rank's adapter, and saving stops if they differ. Resume needs the same
+global batch (data position is counted in global-batch steps), not the same N.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,8 +40,13 @@ from tqdm.auto import tqdm
 
 from stonklib import config as cfglib
 from stonklib import distributed as D
-from stonklib.checkpoint import (latest_checkpoint, load_adapter_weights, load_training_state, prune_checkpoints,
-                                 save_checkpoint)
+from stonklib.checkpoint import (
+    latest_checkpoint,
+    load_adapter_weights,
+    load_training_state,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from stonklib.data.records import Example
 from stonklib.grpo import group_advantages, grpo_loss
 from stonklib.market import MarketStats
@@ -88,7 +99,11 @@ class GRPOTrainer:
         self.forward = _PolicyLogprobs(policy)
         if dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = torch.nn.parallel.DistributedDataParallel(self.forward, device_ids=ids)
+            # Every LoRA weight is used in every forward (no find_unused_parameters), which also
+            # makes non-reentrant gradient checkpointing safe. The only buffers (rotary tables)
+            # are constant, so they are not re-broadcast at every forward.
+            self.forward = torch.nn.parallel.DistributedDataParallel(self.forward, device_ids=ids,
+                                                                     broadcast_buffers=False)
         self.reward_fn = reward_fn or self._five_part_reward
         self.market = MarketStats()
         self.step_num, self.best_val, self.skipped_updates = 0, -math.inf, 0
@@ -147,8 +162,12 @@ class GRPOTrainer:
         n_mb = cfg.grad_accum_steps
         rows = roll.input_ids.shape[0] // n_mb  # whole groups per micro-batch (config guarantees it)
         C = roll.completion_ids.shape[1]
-        # DAPO normalises by the tokens of the whole step, not of each micro-batch.
-        num_items = float(roll.completion_mask.sum()) / n_mb if cfg.loss_type == "dapo" else None
+        # DAPO normalises by the tokens of the whole step (all micro-batches, all ranks); DDP then
+        # averages the ranks' gradients, hence the factor world.
+        num_items = None
+        if cfg.loss_type == "dapo":
+            tokens = D.all_reduce_sum(roll.completion_mask.sum().double().cpu(), self.dist)
+            num_items = float(tokens) / (n_mb * self.dist.world)
         self.policy.train()
         total_loss, stats_acc = 0.0, {}
         for m in range(n_mb):
@@ -170,9 +189,12 @@ class GRPOTrainer:
             total_loss += float(loss.detach()) / n_mb
             for k, v in stats.items():
                 stats_acc[k] = stats_acc.get(k, 0.0) + v / n_mb
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)  # of the all-reduced grads
         stats_acc["grad_norm"] = float(grad_norm)
-        skipped = not (math.isfinite(total_loss) and math.isfinite(float(grad_norm)))
+        # Means over ranks, so every rank logs the same numbers and takes the same skip decision.
+        stats_acc = D.mean_over_ranks(stats_acc | {"loss": total_loss}, self.dist)
+        total_loss = stats_acc.pop("loss")
+        skipped = not (math.isfinite(total_loss) and math.isfinite(stats_acc["grad_norm"]))
         if skipped:
             self.skipped_updates += 1
         else:
@@ -265,7 +287,7 @@ class GRPOTrainer:
     def _evaluate_and_keep_best(self) -> None:
         if not self.val_set:
             return
-        metrics = self.validation_reward()
+        metrics = D.broadcast(self.validation_reward(), self.dist)  # one best/ decision for all ranks
         if self.dist.is_main:
             self.log.scalars(self.step_num, metrics)
             self.log.info("step %d validation %s", self.step_num, metrics)
@@ -277,24 +299,34 @@ class GRPOTrainer:
         return {"step": self.step_num, "epoch": self.step_num // self.steps_per_epoch,
                 "data_position": self.step_num % self.steps_per_epoch, "best_val_reward": self.best_val,
                 "skipped_updates": self.skipped_updates, "market": self.market.to_dict(),
-                "log_offsets": self.log.offsets(), "world_size": self.dist.world, "total_steps": self.total_steps}
+                "log_offsets": self.log.offsets(), "world_size": self.dist.world, "total_steps": self.total_steps,
+                "global_batch": self.cfg.batch_size * self.dist.world}
 
     def save(self, folder: Path | None = None) -> None:
-        D.barrier(self.dist)
+        folder = folder or Path(self.cfg.output_dir) / f"checkpoint-{self.step_num}"
+        state = None
+        if self.dist.enabled:  # the all-gather is also the barrier before rank 0 writes
+            from peft import get_peft_model_state_dict
+
+            prints = D.check_replicas(get_peft_model_state_dict(self.policy), self.dist, f" at step {self.step_num}")
+            state = {"replica_fingerprints": prints}
         if self.dist.is_main:
-            folder = folder or Path(self.cfg.output_dir) / f"checkpoint-{self.step_num}"
             save_checkpoint(folder, model=self.policy, tokenizer=self.tok, optimizer=self.optimizer,
-                            scheduler=self.scheduler, state=self.state())
+                            scheduler=self.scheduler, state=self.state() | (state or {}))
             self.log.info("saved %s", folder)
             if folder.name.startswith("checkpoint-"):
                 prune_checkpoints(self.cfg.output_dir, self.cfg.save_total_limit)
         D.barrier(self.dist)
 
     def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.cfg.output_dir)
+        ckpt = D.broadcast(latest_checkpoint(self.cfg.output_dir), self.dist)  # rank 0's view decides
         if ckpt is None:
             self.log.info("resume: no complete checkpoint in %s, starting fresh", self.cfg.output_dir)
             return
+        if not ckpt.is_dir():
+            raise FileNotFoundError(f"rank {self.dist.rank} cannot see {ckpt}, the checkpoint rank 0 resumes from: "
+                                    "with several nodes, output_dir must be on a filesystem that every node mounts.")
+        _check_global_batch(json.loads((ckpt / "trainer_state.json").read_text()), self.cfg, self.dist, ckpt)
         load_adapter_weights(self.policy, ckpt)
         state = load_training_state(ckpt, self.optimizer, self.scheduler)
         self.step_num, self.best_val = state["step"], state["best_val_reward"]
@@ -311,6 +343,24 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def _check_global_batch(state: dict[str, Any], cfg: cfglib.TrainConfig, d: D.Dist, ckpt: Path) -> None:
+    """Resume only with the checkpoint's prompts per step (``batch_size × world``), whatever N is.
+
+    The data position is a step count over a seeded order of global batches, so the same global
+    batch picks up exactly where it stopped; another one would replay or skip prompts.
+    """
+    saved_world = int(state.get("world_size", 1))
+    saved = int(state.get("global_batch", cfg.batch_size * saved_world))
+    now = cfg.batch_size * d.world
+    if saved != now:
+        hint = f"--batch_size {saved // d.world} with {d.world} processes, or " if saved % d.world == 0 else ""
+        raise cfglib.ConfigError(
+            f"{ckpt} was trained with {saved} prompts per step (batch_size {saved // saved_world} x {saved_world} "
+            f"processes); this launch has {now} (batch_size {cfg.batch_size} x {d.world}). The data position counts "
+            f"steps of the global batch, so resume with the same global batch: {hint}"
+            f"--batch_size {saved // saved_world} with {saved_world} processes.")
 
 
 def _sync_market(market: MarketStats, d: D.Dist) -> MarketStats:
@@ -370,16 +420,23 @@ def run_training(cfg: cfglib.TrainConfig, progress: bool = True) -> dict[str, An
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     out = Path(cfg.output_dir)
+    refusal = None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not cfg.resume and _has_run(out):
-            raise cfglib.ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --output_dir.")
-        cfglib.dump_yaml(cfg, out / "config.yaml")
-    D.barrier(dist)
+            refusal = f"{out} already holds a run: pass --resume to continue it, or choose another --output_dir."
+        else:
+            cfglib.dump_yaml(cfg, out / "config.yaml")
+    refusal = D.broadcast(refusal, dist)  # every rank stops with rank 0's message; none waits at a barrier
+    if refusal:
+        D.shutdown(dist)
+        raise cfglib.ConfigError(refusal)
     torch.manual_seed(cfg.seed)
-    train, val = load_examples_for(cfg)
-    device_map = {"": device.index or 0} if device.type == "cuda" else None
-    policy, tok = load_policy(cfg, device, device_map=device_map)
+    with D.main_process_first(dist):  # a first run builds the default data / merges a Stage I adapter on disk once
+        train, val = load_examples_for(cfg)
+        # One device per rank: 4-bit weights load straight onto cuda:LOCAL_RANK (QLoRA + DDP, as peft documents).
+        device_map = {"": device.index or 0} if device.type == "cuda" else None
+        policy, tok = load_policy(cfg, device, device_map=device_map)
     if cfg.gradient_checkpointing:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.config.use_cache = True  # generation still uses the KV cache

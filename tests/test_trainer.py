@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stonklib.config import REWARD_PARTS, TrainConfig
-from stonklib.config import DataConfig
+from stonklib.config import REWARD_PARTS, DataConfig, TrainConfig
 from stonklib.data import build_dataset
 from stonklib.models import load_policy
 from stonklib.rewards import RewardBreakdown, parse_prediction
