@@ -27,9 +27,15 @@ What is compared, and how:
 - "trl" is ``trl.GRPOTrainer.train`` for ``warmup + steps`` optimizer steps; each step is timed
   from ``on_step_begin`` to ``on_step_end`` (generation happens inside), synchronised on CUDA.
 - Reported per system: median step time after ``--warmup`` steps, completion tokens per second
-  (B*G*C / median), peak allocated GPU memory during the steps (weights included), and ours/TRL.
-  A last, untimed step of ours is instrumented for a breakdown (sampling / log-probs / backward /
+  (B*G*C / median), peak allocated GPU memory during the steps (weights included), and ours/TRL;
+  also process CPU seconds per step (steadier than wall time on a shared CPU machine). A last,
+  untimed step of ours is instrumented for a breakdown (sampling / log-probs / backward /
   optimizer).
+- Variants of ours (``--systems``): ``ours_fast`` / ``ours_hf`` force the sampler; a ``_prefix``
+  suffix swaps the trainer's ``completion_logprobs`` for the proposed
+  :func:`stonklib.fastgen.logprobs.shared_prefix_logprobs` (each group's prompt computed once).
+  Those are projections of proposed trainer changes, labelled as such in the JSON.
+- FastSampler ``torch.compile``s its per-layer work on CUDA; ``STONKLIB_FASTGEN_COMPILE=0`` turns it off.
 
 Writes ``<out>/<machine>-<shape>.json`` (default ``benchmarks/results``).
 """
@@ -189,16 +195,36 @@ def _peak_gib() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
-def _summary(times: list[float], warmup: int, tokens: int, peak: float | None) -> dict:
+def _summary(times: list[float], warmup: int, tokens: int, peak: float | None, cpu_times: list[float]) -> dict:
+    """Wall-clock figures, plus process CPU seconds (a steadier measure on a shared CPU machine)."""
     timed = times[warmup:] or times
     med = statistics.median(timed)
+    cpu_med = statistics.median(cpu_times[warmup:] or cpu_times)
     return {"step_s_median": med, "step_s_all": times, "completion_tokens_per_s": tokens / med,
-            "peak_mem_gib": peak, "tokens_generated": tokens}
+            "peak_mem_gib": peak, "tokens_generated": tokens, "step_cpu_s_median": cpu_med,
+            "step_cpu_s_all": cpu_times, "completion_tokens_per_cpu_s": tokens / cpu_med}
 
 
 # ---------------------------------------------------------------------- ours
 def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[Example], work: Path,
-             sampler_kind: str = "auto") -> dict:
+             sampler_kind: str = "auto", prefix_logprobs: bool = False) -> dict:
+    """stonklib's trainer step; ``prefix_logprobs`` swaps in the proposed shared-prefix log-probs."""
+    import stonklib.trainer as T
+    from stonklib.fastgen.logprobs import shared_prefix_logprobs
+
+    original = T.completion_logprobs
+    if prefix_logprobs:  # what the trainer would do with `completion_logprobs = shared_prefix_logprobs`
+        T.completion_logprobs = shared_prefix_logprobs
+    try:
+        out = _run_ours(a, shape, model_dir, texts, examples, work, sampler_kind)
+    finally:
+        T.completion_logprobs = original
+    out["logprobs"] = "shared_prefix_logprobs (proposed)" if prefix_logprobs else "completion_logprobs (trainer as is)"
+    return out
+
+
+def _run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[Example], work: Path,
+              sampler_kind: str) -> dict:
     from stonklib.config import TrainConfig
     from stonklib.models import add_lora, load_base_model, load_policy, pick_device
     from stonklib.rollout import HFSampler, encode_prompts
@@ -238,19 +264,20 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     if shape.prompt_tokens is not None:
         assert ids.shape == (B, shape.prompt_tokens) and bool(mask.all()), f"prompts are {tuple(ids.shape)}"
 
-    times, parts = [], []
+    times, cpu_times, parts = [], [], []
     _reset_peak()
     for i in range(a.warmup + a.steps):
         _sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = trainer.step(ids, mask, examples)
         _sync()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         parts.append(res.timings)
         _assert_full(res.rollout.completion_ids, res.rollout.completion_mask, B * G, C, "ours")
         print(f"  ours step {i}: {times[-1]:.3f} s {res.timings} loss={res.loss:.4f}", flush=True)
     peak = _peak_gib()
-    out = _summary(times, a.warmup, B * G * C, peak)
+    out = _summary(times, a.warmup, B * G * C, peak, cpu_times)
     out["sampler"] = type(sampler).__name__
     out["trainer_timings"] = parts
     out["profile"] = profile_ours_step(trainer, ids, mask, examples)
@@ -336,17 +363,19 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
     class StepTimer(TrainerCallback):
         def __init__(self):
             self.times, self.t0, self.trainer, self.min_len, self.mean_len = [], None, None, [], []
+            self.cpu_times, self.c0 = [], None
 
         def on_train_begin(self, args, state, control, **kw):
             _reset_peak()
 
         def on_step_begin(self, args, state, control, **kw):
             _sync()
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             _sync()
             self.times.append(time.perf_counter() - self.t0)
+            self.cpu_times.append(time.process_time() - self.c0)
             m = self.trainer._metrics["train"]  # TRL's per-step lists (never flushed: logging_strategy="no")
             self.min_len.append(m["completions/min_length"][-1])
             self.mean_len.append(m["completions/mean_length"][-1])
@@ -371,7 +400,7 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
     peak = _peak_gib()
     min_len, mean_len = timer.min_len, timer.mean_len
     assert len(min_len) == n_steps and all(v == C for v in min_len), f"trl: completion min lengths {min_len}, expected {C}"
-    out = _summary(timer.times, a.warmup, B * G * C, peak)
+    out = _summary(timer.times, a.warmup, B * G * C, peak, timer.cpu_times)
     out["completion_min_length"], out["completion_mean_length"] = min_len, mean_len
     del trainer, model
     _free()
@@ -393,7 +422,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # --- what to run
     p.add_argument("--shape", choices=sorted(SHAPES), default="seed")
-    p.add_argument("--systems", default="ours,trl", help="Comma list of: ours, trl, ours_fast (FastSampler forced), ours_hf.")
+    p.add_argument("--systems", default="ours,trl",
+                   help="Comma list of: ours, trl, ours_fast (FastSampler forced), ours_hf (HFSampler forced); "
+                        "a _prefix suffix (ours_prefix, ours_fast_prefix) swaps in the proposed shared-prefix log-probs.")
     p.add_argument("--steps", type=int, default=3, help="Timed optimizer steps per system.")
     p.add_argument("--warmup", type=int, default=1, help="Untimed steps first (CUDA graph capture, allocator).")
     p.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
@@ -431,18 +462,23 @@ def main(argv=None) -> dict:
                   "prompt_tokens": n_prompt, "quantize": a.quantize, "steps": a.steps, "warmup": a.warmup,
                   "device": torch.cuda.get_device_name(0) if a.device == "cuda" else platform.processor() or "cpu",
                   "cpu_threads": torch.get_num_threads(), "versions": _versions(),
-                  "fastgen_compile": os.environ.get("STONKLIB_FASTGEN_COMPILE", "0"), "systems": {}}
+                  "fastgen_compile": os.environ.get("STONKLIB_FASTGEN_COMPILE", "default (on for CUDA)"),
+                  "systems": {}}
         for system in [s.strip() for s in a.systems.split(",") if s.strip()]:
             print(f"== {system}", flush=True)
             if system == "trl":
                 result["systems"]["trl"] = run_trl(a, shape, model_dir, texts, examples, work)
+            elif system.startswith("ours"):
+                kind = "fast" if "_fast" in system else "hf" if "_hf" in system else "auto"
+                result["systems"][system] = run_ours(a, shape, model_dir, texts, examples, work, kind,
+                                                     prefix_logprobs="_prefix" in system)
             else:
-                kind = {"ours": "auto", "ours_fast": "fast", "ours_hf": "hf"}[system]
-                result["systems"][system] = run_ours(a, shape, model_dir, texts, examples, work, kind)
+                raise SystemExit(f"unknown system {system!r}: use trl, ours, ours_fast, ours_hf (+ _prefix).")
     trl = result["systems"].get("trl")
     for name, r in result["systems"].items():
         if trl and name != "trl":
             r["ratio"] = r["completion_tokens_per_s"] / trl["completion_tokens_per_s"]
+            r["ratio_cpu_time"] = r["completion_tokens_per_cpu_s"] / trl["completion_tokens_per_cpu_s"]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{result['machine']}-{a.shape}.json"
@@ -466,12 +502,12 @@ def _versions() -> dict:
 
 def print_table(result: dict) -> None:
     print(f"\n{result['machine']} {result['shape']} ({result['device']})")
-    print(f"{'system':<10} {'s/step':>8} {'tok/s':>9} {'peak GiB':>9} {'tokens':>7} {'ratio':>7}")
+    print(f"{'system':<17} {'s/step':>8} {'tok/s':>9} {'peak GiB':>9} {'tokens':>7} {'ratio':>7} {'cpu s/step':>10}")
     for name, r in result["systems"].items():
         peak = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
         ratio = f"{r['ratio']:.1f}x" if "ratio" in r else "-"
-        print(f"{name:<10} {r['step_s_median']:>8.3f} {r['completion_tokens_per_s']:>9.1f} {peak:>9} "
-              f"{r['tokens_generated']:>7} {ratio:>7}")
+        print(f"{name:<17} {r['step_s_median']:>8.3f} {r['completion_tokens_per_s']:>9.1f} {peak:>9} "
+              f"{r['tokens_generated']:>7} {ratio:>7} {r['step_cpu_s_median']:>10.2f}")
         if "profile" in r:
             print("   profile:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r["profile"].items()})
 

@@ -277,3 +277,57 @@ def test_too_long_a_request_is_refused_with_the_limits():
     ids, mask = left_padded(2, 10)
     with pytest.raises(ValueError, match="max_len=16"):
         fs.sample(ids, mask, max_new_tokens=8)
+
+
+# ------------------------------------------------------------------ shared-prefix log-probs
+def grpo_batch(G: int = 3, seed: int = 20):
+    """Two left-padded prompts, G completions each (one ends early: EOS then pads), as the trainer lays them out."""
+    ids, mask = left_padded(2, 7, seed=seed)
+    ids, mask = ids.repeat_interleave(G, 0), mask.repeat_interleave(G, 0)
+    g = torch.Generator().manual_seed(seed + 1)
+    comp = torch.randint(6, VOCAB, (2 * G, 5), generator=g)
+    comp[1, 2], comp[1, 3:] = EOS, PAD
+    cmask = completion_mask(comp, EOS)
+    return torch.cat([ids, comp], 1), torch.cat([mask, cmask], 1), cmask
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_shared_prefix_logprobs_match_the_full_forward_and_its_gradients(kind):
+    from stonklib.fastgen.logprobs import prompt_groups, shared_prefix_logprobs
+    from stonklib.rollout import completion_logprobs
+
+    policy = lora(tiny_model(kind, seed=21, std=0.2))
+    perturb_lora(policy, 22, scale=0.1)
+    policy.eval()  # no LoRA dropout, so both paths compute the same function
+    ids, attn, cmask = grpo_batch()
+    assert prompt_groups(ids[:, :7], attn[:, :7]).tolist() == [0, 0, 0, 1, 1, 1]
+    params = [p for p in policy.parameters() if p.requires_grad]
+    got_lp, want_lp = shared_prefix_logprobs(policy, ids, attn, 5, 0.7), completion_logprobs(policy, ids, attn, 5, 0.7)
+    keep = cmask.bool()
+    torch.testing.assert_close(got_lp[keep], want_lp[keep], rtol=1e-4, atol=1e-5)
+    got = torch.autograd.grad((got_lp * cmask).sum(), params)
+    want = torch.autograd.grad((want_lp * cmask).sum(), params)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with torch.no_grad(), policy.disable_adapter():  # the reference policy
+        torch.testing.assert_close(shared_prefix_logprobs(policy, ids, attn, 5)[keep],
+                                   completion_logprobs(policy, ids, attn, 5)[keep], rtol=1e-4, atol=1e-5)
+
+
+def test_shared_prefix_logprobs_with_gradient_checkpointing():
+    from stonklib.fastgen.logprobs import shared_prefix_logprobs
+    from stonklib.rollout import completion_logprobs
+
+    policy = lora(tiny_model("qwen2", seed=23, std=0.2))
+    perturb_lora(policy, 24, scale=0.1)
+    policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy.train()
+    for m in policy.modules():  # dropout off, checkpointing on
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    ids, attn, cmask = grpo_batch(G=2, seed=25)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    got = torch.autograd.grad((shared_prefix_logprobs(policy, ids, attn, 5) * cmask).sum(), params)
+    want = torch.autograd.grad((completion_logprobs(policy, ids, attn, 5) * cmask).sum(), params)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
