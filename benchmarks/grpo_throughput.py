@@ -20,7 +20,7 @@ What is compared, and how:
 - Completions are forced to full length (``min_new_tokens = max_new_tokens``) and this is asserted
   for both systems at every step.
 - "ours" is :meth:`stonklib.trainer.GRPOTrainer.step` as ``stonk train`` builds it (sampler from
-  ``make_sampler``): sampling, decoding, scoring, group advantages, reference and policy
+  ``stonklib.launch.make_sampler``): sampling, decoding, scoring, group advantages, reference and policy
   log-probs, loss, backward, clip, AdamW, LR schedule and the sampler's refresh. Nothing is
   cached across steps. With mu = 1 the "old" log-probs equal the policy's detached, so the trainer
   does not run a third forward for them (an algorithmic identity, also what TRL does for mu = 1).
@@ -226,10 +226,11 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
 def _run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[Example], work: Path,
               sampler_kind: str) -> dict:
     from stonklib.config import TrainConfig
+    from stonklib.launch import make_sampler
     from stonklib.models import add_lora, load_base_model, load_policy, pick_device
     from stonklib.rollout import HFSampler, encode_prompts
     from stonklib.runlog import RunLog
-    from stonklib.trainer import GRPOTrainer, make_sampler
+    from stonklib.trainer import GRPOTrainer
 
     device = pick_device(a.device)
     B, G, C = shape.prompts, shape.generations, shape.completion_tokens
@@ -247,7 +248,7 @@ def _run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list
         tok = load_tokenizer(model_dir)
     else:
         policy, tok = load_policy(cfg, device, device_map=device_map)
-    if cfg.gradient_checkpointing:  # as stonklib.trainer.run_training does
+    if cfg.gradient_checkpointing:  # as stonklib.launch.run_training does
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         policy.config.use_cache = True
     if sampler_kind == "fast":

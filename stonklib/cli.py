@@ -88,7 +88,7 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from stonklib.trainer import run_training
+    from stonklib.launch import run_training
 
     if args.balanced:
         args.natural_distribution = False

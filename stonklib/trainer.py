@@ -28,6 +28,7 @@ global batch (data position is counted in global-batch steps), not the same N.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -86,8 +87,9 @@ class _PolicyLogprobs(torch.nn.Module):
 
 class GRPOTrainer:
     def __init__(self, cfg: cfglib.TrainConfig, policy, tokenizer, train: list[Example], val: list[Example],
-                 dist: D.Dist = D.Dist(), runlog: RunLog | None = None, sampler=None, reward_fn=None):
-        self.cfg, self.policy, self.tok, self.train_set, self.val_set, self.dist = cfg, policy, tokenizer, train, val, dist
+                 dist: D.Dist | None = None, runlog: RunLog | None = None, sampler=None, reward_fn=None):
+        self.cfg, self.policy, self.tok, self.train_set, self.val_set = cfg, policy, tokenizer, train, val
+        self.dist = dist = dist or D.Dist()
         self.device = next(p for p in policy.parameters()).device
         self.log = runlog or RunLog(cfg.output_dir, cfg.stage, is_main=dist.is_main, tensorboard=cfg.tensorboard)
         self.params = [p for p in policy.parameters() if p.requires_grad]
@@ -135,7 +137,7 @@ class GRPOTrainer:
 
         t0 = time.perf_counter()
         group_examples = [ex for ex in examples for _ in range(G)]
-        scored = [self.reward_fn(c, ex) for c, ex in zip(roll.texts, group_examples)]
+        scored = [self.reward_fn(c, ex) for c, ex in zip(roll.texts, group_examples, strict=True)]
         rewards = torch.tensor([s.total for s in scored], dtype=torch.float32)
         components = {k: torch.tensor([s.components[k] for s in scored]) for k in cfglib.REWARD_PARTS}
         advantages = group_advantages(rewards, G, scale=cfg.scale_rewards)
@@ -178,7 +180,7 @@ class GRPOTrainer:
                 with torch.no_grad(), self.policy.disable_adapter():
                     ref_logp = completion_logprobs(self.policy, ids, attn, C, cfg.temperature)
             sync = m == n_mb - 1 or not self.dist.enabled
-            ctx = self.forward.no_sync() if not sync else _nullcontext()
+            ctx = self.forward.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 logp = self.forward(ids, attn, C, cfg.temperature)
                 loss, stats = grpo_loss(logp, logp.detach(), ref_logp, advantages[sl], cmask.float(),
@@ -204,12 +206,12 @@ class GRPOTrainer:
         return total_loss, stats_acc, skipped
 
     # ------------------------------------------------------------------ loop
-    def train(self) -> dict[str, Any]:
+    def train(self, progress: bool = True) -> dict[str, Any]:
         cfg = self.cfg
         if cfg.resume:
             self._resume()
         bar = tqdm(total=self.total_steps, initial=self.step_num, desc=f"GRPO stage {cfg.stage}",
-                   disable=not self.dist.is_main, unit="step")
+                   disable=not (progress and self.dist.is_main), unit="step")
         while self.step_num < self.total_steps:
             step = self.step_num
             torch.manual_seed(cfg.seed * 1_000_003 + step * self.dist.world + self.dist.rank)
@@ -276,7 +278,7 @@ class GRPOTrainer:
             ids, mask = self.encode(chunk)
             roll = rollout(HFSampler(self.policy, self.tok), self.tok, ids, mask, 1,
                            max_new_tokens=self.cfg.max_new_tokens, greedy=True)
-            for text, ex in zip(roll.texts, chunk):
+            for text, ex in zip(roll.texts, chunk, strict=True):
                 s = self.reward_fn(text, ex)
                 tot += torch.tensor([1.0, s.total, float(s.components["format"] > 0),
                                      float(s.prediction.direction == ex.direction_1)], dtype=torch.float64)
@@ -337,14 +339,6 @@ class GRPOTrainer:
         self.log.info("resumed from %s at step %d", ckpt, self.step_num)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _check_global_batch(state: dict[str, Any], cfg: cfglib.TrainConfig, d: D.Dist, ckpt: Path) -> None:
     """Resume only with the checkpoint's prompts per step (``batch_size × world``), whatever N is.
 
@@ -376,84 +370,3 @@ def _make_scheduler(cfg: cfglib.TrainConfig, optimizer, total_steps: int):
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_scheduler]
     return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                          num_training_steps=total_steps)
-
-
-# ---------------------------------------------------------------------- setup
-def make_sampler(cfg: cfglib.TrainConfig, policy, tokenizer):
-    """The fast graph-captured sampler on CUDA when asked for, else the HF reference sampler."""
-    device = next(policy.parameters()).device
-    if cfg.fast_sampler and device.type == "cuda":
-        from stonklib.fastgen import FastSampler
-
-        return FastSampler(policy, tokenizer, max_batch=cfg.batch_size * cfg.num_generations,
-                           max_len=cfg.max_prompt_tokens + cfg.max_new_tokens)
-    return HFSampler(policy, tokenizer)
-
-
-def load_examples_for(cfg: cfglib.TrainConfig) -> tuple[list[Example], list[Example]]:
-    """Training examples (natural or balanced sample) and validation examples."""
-    from stonklib.data import ensure_data, load_split, sample_examples
-
-    data_dir = ensure_data(cfg.data)
-    train_df = sample_examples(load_split(data_dir, "train"), cfg.max_train_samples, natural=cfg.natural_distribution,
-                               seed=cfg.seed)
-    val_df = load_split(data_dir, "val")
-    val_df = val_df.iloc[_spread(len(val_df), cfg.max_eval_samples)]
-    to_ex = lambda df: [Example.from_row(r) for r in df.to_dict("records")]  # noqa: E731
-    return to_ex(train_df), to_ex(val_df)
-
-
-def _spread(n: int, k: int) -> list[int]:
-    """k row positions spread evenly over n (validation covers the whole val period)."""
-    if k >= n:
-        return list(range(n))
-    return [int(i * n / k) for i in range(k)]
-
-
-def run_training(cfg: cfglib.TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Everything ``stonk train`` does: set up, train, save the final adapter."""
-    from stonklib.models import describe, load_policy, pick_device
-
-    device = pick_device(cfg.device)
-    dist = D.init(device.type)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    out = Path(cfg.output_dir)
-    refusal = None
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not cfg.resume and _has_run(out):
-            refusal = f"{out} already holds a run: pass --resume to continue it, or choose another --output_dir."
-        else:
-            cfglib.dump_yaml(cfg, out / "config.yaml")
-    refusal = D.broadcast(refusal, dist)  # every rank stops with rank 0's message; none waits at a barrier
-    if refusal:
-        D.shutdown(dist)
-        raise cfglib.ConfigError(refusal)
-    torch.manual_seed(cfg.seed)
-    with D.main_process_first(dist):  # a first run builds the default data / merges a Stage I adapter on disk once
-        train, val = load_examples_for(cfg)
-        # One device per rank: 4-bit weights load straight onto cuda:LOCAL_RANK (QLoRA + DDP, as peft documents).
-        device_map = {"": device.index or 0} if device.type == "cuda" else None
-        policy, tok = load_policy(cfg, device, device_map=device_map)
-    if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        policy.config.use_cache = True  # generation still uses the KV cache
-    log = RunLog(out, cfg.stage, is_main=dist.is_main, tensorboard=cfg.tensorboard)
-    log.header(cfglib.to_dict(cfg), {"model": describe(policy), "world_size": dist.world, "device": str(device),
-                                     "n_train": len(train), "n_val": len(val)})
-    trainer = GRPOTrainer(cfg, policy, tok, train, val, dist=dist, runlog=log, sampler=make_sampler(cfg, policy, tok))
-    try:
-        summary = trainer.train()
-        if dist.is_main:
-            policy.save_pretrained(out / "final", safe_serialization=True)
-            tok.save_pretrained(out / "final")
-    finally:
-        log.close()
-        D.shutdown(dist)
-    return summary
-
-
-def _has_run(out: Path) -> bool:
-    return any(out.glob("checkpoint-*")) or (out / "train_metrics.jsonl").exists()

@@ -4,7 +4,7 @@
   papermill: the working directory is the project root (so ``runs/...`` and
   ``models/...`` mean the same thing everywhere) and a returned
   ``matplotlib.figure.Figure`` displays as a PNG whatever the backend.
-- :func:`run_training_live` runs :func:`stonklib.trainer.run_training` in a
+- :func:`run_training_live` runs :func:`stonklib.launch.run_training` in a
   worker thread and redraws the training curves from ``train_metrics.jsonl``
   while it runs (the trainer knows nothing about notebooks).
 - :func:`evaluation_plan` turns one :class:`~stonklib.config.EvalConfig` into the
@@ -100,8 +100,8 @@ def run_training_live(cfg, refresh_s: float = 10.0) -> dict[str, Any]:
     thread is re-raised here. Interrupting the kernel does not stop the thread
     (Python cannot kill one): restart the kernel to abort a run.
     """
+    from stonklib.launch import run_training
     from stonklib.plots import plot_training_overview
-    from stonklib.trainer import run_training
 
     try:
         from IPython.display import display

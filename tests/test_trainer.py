@@ -21,11 +21,12 @@ import torch
 
 from stonklib.config import REWARD_PARTS, DataConfig, TrainConfig
 from stonklib.data import build_dataset
+from stonklib.launch import run_training
 from stonklib.models import load_policy
 from stonklib.rewards import RewardBreakdown, parse_prediction
 from stonklib.rollout import encode_prompts
 from stonklib.runlog import read_jsonl
-from stonklib.trainer import GRPOTrainer, run_training
+from stonklib.trainer import GRPOTrainer
 
 
 @pytest.fixture(scope="module")
