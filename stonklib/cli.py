@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -93,7 +94,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.balanced:
         args.natural_distribution = False
     cfg = config_from_args(C.TrainConfig, args)
-    print(json.dumps(run_training(cfg), indent=2, default=str))
+    summary = run_training(cfg)
+    if os.environ.get("RANK", "0") == "0":  # one summary, not one per data-parallel rank
+        print(json.dumps(summary, indent=2, default=str))
     return 0
 
 

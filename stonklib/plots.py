@@ -87,16 +87,7 @@ def plot_equity_curve(strategy: pd.Series, benchmark: pd.Series | None = None, a
                       labels: tuple[str, str] = ("strategy", "buy and hold"),
                       title: str = "Backtest equity") -> Figure:
     """Cumulative product of 1 + daily return (fractions indexed by ISO date), against a benchmark."""
-    fig, ax = _axes(ax, (7, 4))
-    for series, label in ((strategy, labels[0]), (benchmark, labels[1])):
-        if series is not None and len(series):
-            ax.plot(pd.to_datetime(series.index), np.cumprod(1 + series.to_numpy(float)), label=label,
-                    marker="." if len(series) < 40 else None)
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set(ylabel="equity (start = 1)", title=title)
-    ax.legend(fontsize=8)
-    fig.autofmt_xdate()
-    return fig
+    return plot_equity_curves({labels[0]: strategy, labels[1]: benchmark}, ax=ax, title=title)
 
 
 def plot_up_rates(table: pd.DataFrame, ax: Axes | None = None, title: str = "Predicted vs actual up-rate") -> Figure:
