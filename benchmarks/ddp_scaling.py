@@ -32,8 +32,19 @@ import torch
 import torch.distributed as torch_dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpo_throughput import (BETA, LORA, LR, SHAPES, TEMPERATURE, TOP_P,  # noqa: E402
-                             load_tokenizer, machine_name, prompt_texts, random_model_dir, synthetic_examples)
+from grpo_throughput import (  # noqa: E402
+    BETA,
+    LORA,
+    LR,
+    SHAPES,
+    TEMPERATURE,
+    TOP_P,
+    load_tokenizer,
+    machine_name,
+    prompt_texts,
+    random_model_dir,
+    synthetic_examples,
+)
 
 from stonklib import distributed as D  # noqa: E402
 
