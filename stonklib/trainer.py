@@ -276,7 +276,7 @@ class GRPOTrainer:
         for i in range(0, len(exs), max(1, self.cfg.batch_size * self.cfg.num_generations)):
             chunk = exs[i:i + self.cfg.batch_size * self.cfg.num_generations]
             ids, mask = self.encode(chunk)
-            roll = rollout(HFSampler(self.policy, self.tok), self.tok, ids, mask, 1,
+            roll = rollout(self.sampler, self.tok, ids, mask, 1,
                            max_new_tokens=self.cfg.max_new_tokens, greedy=True)
             for text, ex in zip(roll.texts, chunk, strict=True):
                 s = self.reward_fn(text, ex)
