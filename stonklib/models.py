@@ -143,6 +143,13 @@ def resolve_source(ref: str) -> ModelSource:
     return ModelSource(base=str(p) if p.is_dir() else ref)
 
 
+def _tokenizer_ref(src: ModelSource) -> str:
+    """An adapter's own tokenizer when it saved one, else its base model's."""
+    if src.adapter and (Path(src.adapter) / "tokenizer_config.json").is_file():
+        return src.adapter
+    return src.base
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -192,7 +199,7 @@ def _merged_adapter_dir(src: ModelSource, trust_remote_code: bool) -> str:
     staging = out.with_name("merged.partial")
     shutil.rmtree(staging, ignore_errors=True)
     merged.save_pretrained(staging, safe_serialization=True)
-    load_tokenizer(src.adapter if (Path(src.adapter) / "tokenizer_config.json").is_file() else src.base).save_pretrained(staging)
+    load_tokenizer(_tokenizer_ref(src)).save_pretrained(staging)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(staging, out)
     return str(out)
@@ -244,9 +251,7 @@ def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05,
 
 def load_policy(cfg, device: torch.device, device_map: dict | None = None):
     """(policy with a new LoRA, tokenizer) for a :class:`~stonklib.config.TrainConfig`."""
-    src = resolve_source(cfg.stage1_model)
-    tok_ref = src.adapter if src.adapter and (Path(src.adapter) / "tokenizer_config.json").is_file() else src.base
-    tokenizer = load_tokenizer(tok_ref, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(_tokenizer_ref(resolve_source(cfg.stage1_model)), cfg.trust_remote_code)
     model = load_base_model(cfg.stage1_model, quantize=cfg.quantize, device=device,
                             trust_remote_code=cfg.trust_remote_code, device_map=device_map)
     policy = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
@@ -260,7 +265,7 @@ def load_for_inference(model_ref: str, adapter: str | None = None, *, quantize: 
 
     dev = pick_device(device)
     src = resolve_source(model_ref)
-    tokenizer = load_tokenizer(src.adapter or src.base, trust_remote_code)
+    tokenizer = load_tokenizer(_tokenizer_ref(src), trust_remote_code)
     model = load_base_model(model_ref, quantize=quantize, device=dev, trust_remote_code=trust_remote_code)
     if adapter:
         model = PeftModel.from_pretrained(model, adapter)

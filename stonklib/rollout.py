@@ -151,8 +151,6 @@ def generate_texts(model, tokenizer, prompts: list[str], *, batch_size: int = 8,
     out: list[str] = []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, unit="batch"):
         ids, mask = encode_prompts(tokenizer, prompts[i:i + batch_size], device)
-        c_ids = sampler.sample(ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, greedy=greedy)
-        c_mask = completion_mask(c_ids, tokenizer.eos_token_id)
-        out += tokenizer.batch_decode(c_ids.masked_fill(c_mask == 0, tokenizer.pad_token_id), skip_special_tokens=True)
+        out += rollout(sampler, tokenizer, ids, mask, 1, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_p=top_p, greedy=greedy).texts
     return out

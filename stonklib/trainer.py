@@ -172,9 +172,10 @@ class GRPOTrainer:
             num_items = float(tokens) / (n_mb * self.dist.world)
         self.policy.train()
         total_loss, stats_acc = 0.0, {}
+        input_ids, attention_mask = roll.input_ids, roll.attention_mask  # concatenated once, sliced per micro-batch
         for m in range(n_mb):
             sl = slice(m * rows, (m + 1) * rows)
-            ids, attn, cmask = roll.input_ids[sl], roll.attention_mask[sl], roll.completion_mask[sl]
+            ids, attn, cmask = input_ids[sl], attention_mask[sl], roll.completion_mask[sl]
             ref_logp = None
             if cfg.kl_coef > 0:
                 with torch.no_grad(), self.policy.disable_adapter():
