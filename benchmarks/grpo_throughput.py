@@ -31,10 +31,11 @@ What is compared, and how:
   also process CPU seconds per step (steadier than wall time on a shared CPU machine). A last,
   untimed step of ours is instrumented for a breakdown (sampling / log-probs / backward /
   optimizer).
-- Variants of ours (``--systems``): ``ours_fast`` / ``ours_hf`` force the sampler; a ``_prefix``
-  suffix swaps the trainer's ``completion_logprobs`` for the proposed
-  :func:`stonklib.fastgen.logprobs.shared_prefix_logprobs` (each group's prompt computed once).
-  Those are projections of proposed trainer changes, labelled as such in the JSON.
+- "ours" is the trainer as configured by default: FastSampler (CUDA graphs on GPU, eager on CPU)
+  and :func:`stonklib.fastgen.logprobs.shared_prefix_logprobs` (each group's prompt computed once
+  in the update). Ablations (``--systems``): ``ours_fast`` / ``ours_hf`` force the sampler; a
+  ``_full`` suffix computes the update's log-probs with the full forward
+  (``shared_prefix_logprobs=False``), e.g. ``ours_hf_full`` is the simple reference path.
 - FastSampler ``torch.compile``s its per-layer work on CUDA; ``STONKLIB_FASTGEN_COMPILE=0`` turns it off.
 
 Writes ``<out>/<machine>-<shape>.json`` (default ``benchmarks/results``).
@@ -207,24 +208,15 @@ def _summary(times: list[float], warmup: int, tokens: int, peak: float | None, c
 
 # ---------------------------------------------------------------------- ours
 def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[Example], work: Path,
-             sampler_kind: str = "auto", prefix_logprobs: bool = False) -> dict:
-    """stonklib's trainer step; ``prefix_logprobs`` swaps in the proposed shared-prefix log-probs."""
-    import stonklib.trainer as T
-    from stonklib.fastgen.logprobs import shared_prefix_logprobs
-
-    original = T.completion_logprobs
-    if prefix_logprobs:  # what the trainer would do with `completion_logprobs = shared_prefix_logprobs`
-        T.completion_logprobs = shared_prefix_logprobs
-    try:
-        out = _run_ours(a, shape, model_dir, texts, examples, work, sampler_kind)
-    finally:
-        T.completion_logprobs = original
-    out["logprobs"] = "shared_prefix_logprobs (proposed)" if prefix_logprobs else "completion_logprobs (trainer as is)"
+             sampler_kind: str = "auto", shared_prefix: bool = True) -> dict:
+    """stonklib's trainer step; ``shared_prefix=False`` is the full-forward log-prob ablation."""
+    out = _run_ours(a, shape, model_dir, texts, examples, work, sampler_kind, shared_prefix)
+    out["logprobs"] = "shared_prefix_logprobs" if shared_prefix else "completion_logprobs (full forward, ablation)"
     return out
 
 
 def _run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[Example], work: Path,
-              sampler_kind: str) -> dict:
+              sampler_kind: str, shared_prefix: bool) -> dict:
     from stonklib.config import TrainConfig
     from stonklib.launch import make_sampler
     from stonklib.models import add_lora, load_base_model, load_policy, pick_device
@@ -239,7 +231,7 @@ def _run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list
                       lora_target_modules=LORA["target_modules"], device=device.type, batch_size=B, num_generations=G,
                       max_new_tokens=C, min_new_tokens=C, temperature=TEMPERATURE, top_p=TOP_P, kl_coef=BETA, lr=LR,
                       max_prompt_tokens=shape.prompt_tokens or 1024, max_steps=a.warmup + a.steps + 1,
-                      gradient_checkpointing=True, tensorboard=False, seed=a.seed)
+                      gradient_checkpointing=True, tensorboard=False, seed=a.seed, shared_prefix_logprobs=shared_prefix)
     torch.manual_seed(a.seed)
     device_map = {"": device.index or 0} if device.type == "cuda" else None
     if (model_dir / WORDLEVEL).is_dir():  # load_policy, with the synthetic model's tokenizer
@@ -295,8 +287,6 @@ def _assert_full(c_ids: torch.Tensor, c_mask: torch.Tensor, n: int, C: int, who:
 
 def profile_ours_step(trainer, ids, mask, examples) -> dict:
     """One more (untimed) step with synchronised timers around its parts."""
-    import stonklib.trainer as T
-
     acc = {"ref_logprobs_s": 0.0, "policy_logprobs_s": 0.0, "optimizer_s": 0.0, "refresh_s": 0.0}
 
     def timed(key_fn, fn):
@@ -309,8 +299,9 @@ def profile_ours_step(trainer, ids, mask, examples) -> dict:
             return r
         return wrapper
 
-    orig_lp, orig_opt, orig_refresh = T.completion_logprobs, trainer.optimizer.step, trainer.sampler.refresh
-    T.completion_logprobs = timed(lambda: "policy_logprobs_s" if torch.is_grad_enabled() else "ref_logprobs_s", orig_lp)
+    orig_lp, orig_opt, orig_refresh = trainer.logprobs, trainer.optimizer.step, trainer.sampler.refresh
+    trainer.logprobs = trainer.forward.fn = timed(
+        lambda: "policy_logprobs_s" if torch.is_grad_enabled() else "ref_logprobs_s", orig_lp)
     trainer.optimizer.step = timed(lambda: "optimizer_s", orig_opt)
     trainer.sampler.refresh = timed(lambda: "refresh_s", orig_refresh)
     if hasattr(trainer.sampler, "profile"):
@@ -322,7 +313,8 @@ def profile_ours_step(trainer, ids, mask, examples) -> dict:
         _sync()
         total = time.perf_counter() - t0
     finally:
-        T.completion_logprobs, trainer.optimizer.step = orig_lp, orig_opt
+        trainer.logprobs = trainer.forward.fn = orig_lp
+        trainer.optimizer.step = orig_opt
         trainer.sampler.refresh = orig_refresh
         if hasattr(trainer.sampler, "profile"):
             trainer.sampler.profile = False
@@ -425,7 +417,7 @@ def parse_args(argv=None):
     p.add_argument("--shape", choices=sorted(SHAPES), default="seed")
     p.add_argument("--systems", default="ours,trl",
                    help="Comma list of: ours, trl, ours_fast (FastSampler forced), ours_hf (HFSampler forced); "
-                        "a _prefix suffix (ours_prefix, ours_fast_prefix) swaps in the proposed shared-prefix log-probs.")
+                        "a _full suffix (ours_full, ours_hf_full) computes log-probs with the full forward (ablation).")
     p.add_argument("--steps", type=int, default=3, help="Timed optimizer steps per system.")
     p.add_argument("--warmup", type=int, default=1, help="Untimed steps first (CUDA graph capture, allocator).")
     p.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
@@ -472,9 +464,9 @@ def main(argv=None) -> dict:
             elif system.startswith("ours"):
                 kind = "fast" if "_fast" in system else "hf" if "_hf" in system else "auto"
                 result["systems"][system] = run_ours(a, shape, model_dir, texts, examples, work, kind,
-                                                     prefix_logprobs="_prefix" in system)
+                                                     shared_prefix="_full" not in system)
             else:
-                raise SystemExit(f"unknown system {system!r}: use trl, ours, ours_fast, ours_hf (+ _prefix).")
+                raise SystemExit(f"unknown system {system!r}: use trl, ours, ours_fast, ours_hf (+ _full).")
     trl = result["systems"].get("trl")
     for name, r in result["systems"].items():
         if trl and name != "trl":

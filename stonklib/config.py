@@ -101,7 +101,8 @@ class TrainConfig:
     trust_remote_code: bool = _f(False, "Allow model repos to run their own code (off unless you trust the repo).")
     device: str = _f("auto", "auto, cpu or cuda (auto picks cuda when available).")
     gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass (needed for 1.5B models on an 8 GiB budget).")
-    fast_sampler: bool = _f(True, "On CUDA, sample with the graph-captured bf16 decoder (stonklib.fastgen); the HF generate path is used on CPU.")
+    fast_sampler: bool = _f(True, "Sample with stonklib.fastgen's decoder (bf16 + CUDA graphs on GPU, float32 eager on CPU); architectures it does not implement fall back to HF generate.")
+    shared_prefix_logprobs: bool = _f(True, "Run each group's prompt through the network once in the log-prob passes (stonklib.fastgen.logprobs); architectures it does not implement fall back to the full forward.")
     # --- data
     data: str | None = _f(None, "A built data directory (stonk data build); default: the bundled S&P 500 data, built on first use.")
     natural_distribution: bool = _f(True, "Sample prompts from the natural up/down mix (Stage II). --balanced turns it off (Stage I).")
@@ -137,6 +138,7 @@ class TrainConfig:
     # --- logging and checkpoints
     save_steps: int = _f(50, "Write checkpoint-{step}/ every this many steps (and at each epoch end).")
     eval_steps: int = _f(50, "Score the validation split every this many steps; best/ keeps the best.")
+    eval_at_start: bool = _f(False, "Also score the validation split before the first step: the untrained baseline of the curve.")
     logging_steps: int = _f(1, "Write scalars every this many steps.")
     save_total_limit: int | None = _f(None, "Keep at most this many checkpoint-* folders (oldest removed); best/ is kept.")
     seed: int = _f(42, "Random seed (data order, sampling, LoRA init).")

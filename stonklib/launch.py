@@ -3,8 +3,8 @@
 :func:`run_training` joins the process group when launched by ``accelerate
 launch``/``torchrun``, loads the examples (natural or balanced sample) and the
 policy (Stage I model + a new LoRA, optionally NF4), picks the sampler (the
-graph-captured :class:`~stonklib.fastgen.FastSampler` on CUDA, the HF reference
-sampler elsewhere), and runs :class:`~stonklib.trainer.GRPOTrainer`.
+:class:`~stonklib.fastgen.FastSampler` for Llama/Qwen2 models, graph-captured on CUDA,
+the HF reference sampler for other architectures), and runs :class:`~stonklib.trainer.GRPOTrainer`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ from stonklib.runlog import RunLog
 from stonklib.trainer import GRPOTrainer
 
 
-def make_sampler(cfg: cfglib.TrainConfig, policy, tokenizer):
-    """The fast graph-captured sampler on CUDA when asked for, else the HF reference sampler."""
-    device = next(policy.parameters()).device
-    if cfg.fast_sampler and device.type == "cuda":
-        from stonklib.fastgen import FastSampler
+def make_sampler(cfg: cfglib.TrainConfig, policy, tokenizer, log: RunLog | None = None):
+    """stonklib.fastgen's sampler when asked for and the architecture is supported, else HF generate."""
+    if cfg.fast_sampler:
+        from stonklib.fastgen import FastSampler, UnsupportedModelError
 
-        return FastSampler(policy, tokenizer, max_batch=cfg.batch_size * cfg.num_generations,
-                           max_len=cfg.max_prompt_tokens + cfg.max_new_tokens)
+        try:
+            return FastSampler(policy, tokenizer, max_batch=cfg.batch_size * cfg.num_generations,
+                               max_len=cfg.max_prompt_tokens + cfg.max_new_tokens)
+        except UnsupportedModelError as e:
+            if log is not None:
+                log.info("fast sampler unavailable (%s); sampling with HF generate", e)
     return HFSampler(policy, tokenizer)
 
 
@@ -86,7 +89,7 @@ def run_training(cfg: cfglib.TrainConfig, progress: bool = True) -> dict[str, An
     log = RunLog(out, cfg.stage, is_main=dist.is_main, tensorboard=cfg.tensorboard)
     log.header(cfglib.to_dict(cfg), {"model": describe(policy), "world_size": dist.world, "device": str(device),
                                      "n_train": len(train), "n_val": len(val)})
-    trainer = GRPOTrainer(cfg, policy, tok, train, val, dist=dist, runlog=log, sampler=make_sampler(cfg, policy, tok))
+    trainer = GRPOTrainer(cfg, policy, tok, train, val, dist=dist, runlog=log, sampler=make_sampler(cfg, policy, tok, log))
     try:
         summary = trainer.train(progress=progress)
         if dist.is_main:

@@ -9,7 +9,10 @@ optimisation epoch per batch (μ = 1):
 4. normalise rewards within each group of G (:func:`stonklib.grpo.group_advantages`);
 5. compute the policy's log-probs (with grad) and the reference's (the same model
    with the LoRA adapter disabled, no copy); with μ = 1 the "old" log-probs equal the
-   current ones detached, so the ratio is 1 in value but carries the gradient;
+   current ones detached, so the ratio is 1 in value but carries the gradient. For
+   Llama/Qwen2 models each group's prompt goes through the network once
+   (:func:`stonklib.fastgen.logprobs.shared_prefix_logprobs`, ``shared_prefix_logprobs``);
+   other architectures use the full forward (:func:`stonklib.rollout.completion_logprobs`);
 6. :func:`stonklib.grpo.grpo_loss` (clipped surrogate + β·k3 KL), backward with
    gradient accumulation, clip the norm, AdamW, LR schedule.
 
@@ -32,6 +35,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,8 @@ from stonklib.checkpoint import (
     save_checkpoint,
 )
 from stonklib.data.records import Example
+from stonklib.fastgen.logprobs import shared_prefix_logprobs
+from stonklib.fastgen.weights import ArchSpec, UnsupportedModelError
 from stonklib.grpo import group_advantages, grpo_loss
 from stonklib.market import MarketStats
 from stonklib.prompts import fit_prompt
@@ -74,15 +80,26 @@ class StepResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def pick_logprobs(cfg: cfglib.TrainConfig, policy) -> Callable[..., torch.Tensor]:
+    """The log-prob function of the update: shared-prefix when asked for and implemented, else the full forward."""
+    if cfg.shared_prefix_logprobs:
+        try:
+            ArchSpec.from_model(policy)
+            return shared_prefix_logprobs
+        except UnsupportedModelError:
+            pass
+    return completion_logprobs
+
+
 class _PolicyLogprobs(torch.nn.Module):
     """Wraps the policy so DDP sees a forward call: returns completion log-probs."""
 
-    def __init__(self, policy):
+    def __init__(self, policy, fn: Callable[..., torch.Tensor]):
         super().__init__()
-        self.policy = policy
+        self.policy, self.fn = policy, fn
 
     def forward(self, input_ids, attention_mask, n_completion: int, temperature: float):
-        return completion_logprobs(self.policy, input_ids, attention_mask, n_completion, temperature)
+        return self.fn(self.policy, input_ids, attention_mask, n_completion, temperature)
 
 
 class GRPOTrainer:
@@ -98,7 +115,8 @@ class GRPOTrainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.scheduler = _make_scheduler(cfg, self.optimizer, self.total_steps)
         self.sampler = sampler or HFSampler(policy, tokenizer)
-        self.forward = _PolicyLogprobs(policy)
+        self.logprobs = pick_logprobs(cfg, policy)
+        self.forward = _PolicyLogprobs(policy, self.logprobs)
         if dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Every LoRA weight is used in every forward (no find_unused_parameters), which also
@@ -179,7 +197,7 @@ class GRPOTrainer:
             ref_logp = None
             if cfg.kl_coef > 0:
                 with torch.no_grad(), self.policy.disable_adapter():
-                    ref_logp = completion_logprobs(self.policy, ids, attn, C, cfg.temperature)
+                    ref_logp = self.logprobs(self.policy, ids, attn, C, cfg.temperature)
             sync = m == n_mb - 1 or not self.dist.enabled
             ctx = self.forward.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
@@ -211,6 +229,9 @@ class GRPOTrainer:
         cfg = self.cfg
         if cfg.resume:
             self._resume()
+        self.log.info("sampling with %s; update log-probs with %s", type(self.sampler).__name__, self.logprobs.__name__)
+        if cfg.eval_at_start and self.step_num == 0:
+            self._evaluate_and_keep_best()
         bar = tqdm(total=self.total_steps, initial=self.step_num, desc=f"GRPO stage {cfg.stage}",
                    disable=not (progress and self.dist.is_main), unit="step")
         while self.step_num < self.total_steps:

@@ -152,25 +152,49 @@ def test_min_new_tokens_forces_full_length(greedy):
 
 
 # ------------------------------------------------------------------ sampling distribution
+def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The renormalised top-p distribution (as generate's TopPLogitsWarper) and its token ids."""
+    sp, order = probs.sort(descending=True)
+    keep = order[(sp.cumsum(0) - sp) < top_p]
+    target = torch.zeros(probs.shape[-1])
+    target[keep] = probs[keep] / probs[keep].sum()
+    return target, keep
+
+
+def assert_follows(tokens: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> None:
+    freq = torch.bincount(tokens, minlength=target.shape[0]).float() / tokens.shape[0]
+    assert set(tokens.unique().tolist()) <= set(keep.tolist())  # nothing outside the nucleus
+    assert float((freq - target).abs().sum()) < 0.1  # total variation ~ sqrt(k/n) at n = 3000
+
+
 @torch.no_grad()
 def test_sampled_first_token_follows_temperature_and_top_p():
+    """FastSampler on CPU (the sorted nucleus draw) samples generate's distribution."""
     model = tiny_model("llama", seed=13, std=0.15)
     n, temp, top_p = 3000, 0.7, 0.6
     ids, mask = left_padded(1, 6, seed=14)
     fs = FastSampler(model, TOK, max_batch=n, max_len=8)
     torch.manual_seed(0)
     out = fs.sample(ids.expand(n, -1), mask.expand(n, -1), max_new_tokens=1, temperature=temp, top_p=top_p)
-    probs = torch.softmax(hf_logits(model, ids, mask)[0, -1] / temp, -1)
-    sp, order = probs.sort(descending=True)
-    keep = order[(sp.cumsum(0) - sp) < top_p]
-    target = torch.zeros(VOCAB)
-    target[keep] = probs[keep] / probs[keep].sum()
-    freq = torch.bincount(out[:, 0], minlength=VOCAB).float() / n
-    assert set(out[:, 0].unique().tolist()) <= set(keep.tolist())  # nothing outside the nucleus
-    assert float((freq - target).abs().sum()) < 0.1  # total variation ~ sqrt(k/n) at this n
+    assert_follows(out[:, 0], *nucleus(torch.softmax(hf_logits(model, ids, mask)[0, -1] / temp, -1), top_p))
     greedy = fs.sample(ids, mask, max_new_tokens=1, greedy=True)
     tiny_p = fs.sample(ids.expand(50, -1), mask.expand(50, -1), max_new_tokens=1, temperature=1.0, top_p=1e-6)
     assert bool((tiny_p == greedy).all())  # top_p -> 0 keeps only the top token
+
+
+@pytest.mark.parametrize("top_p", [0.6, 0.9, 1.0])
+@torch.no_grad()
+def test_sort_free_and_sorted_nucleus_draws_agree_with_the_exact_distribution(top_p):
+    """The graph-safe rejection sampler (used on CUDA) and the sorted one (CPU) draw the same distribution."""
+    from stonklib.fastgen.sampler import _sample_top_p, _sample_top_p_sorted
+
+    g = torch.Generator().manual_seed(21)
+    logits = (torch.randn(VOCAB, generator=g) * 2.0).expand(3000, -1).clone()
+    temp, p = torch.tensor(0.7), torch.tensor(top_p)
+    target, keep = nucleus(torch.softmax(logits[0] / 0.7, -1), top_p)
+    torch.manual_seed(1)
+    assert_follows(_sample_top_p(logits, temp, p, k=8), target, keep)
+    assert_follows(_sample_top_p_sorted(logits, temp, p), target, keep)
 
 
 # ------------------------------------------------------------------ LoRA and NF4

@@ -49,13 +49,23 @@ def plain_tok(tok):
 
 
 # --------------------------------------------------------------------- snapshots
-@pytest.mark.parametrize("version", ["seed", "compact"])
+@pytest.mark.parametrize("version", ["seed", "compact", "compact_example"])
 def test_snapshot(version):
     path = SNAP / f"prompt_{version}.txt"
     text = build_prompt(EX, version)
     if os.environ.get("STONK_UPDATE_SNAPSHOTS"):
         path.write_text(text)
     assert text == path.read_text(), f"{version} prompt changed; if intended, regenerate (see module docstring)"
+
+
+def test_example_template_is_compact_with_a_filled_in_answer_that_scores_as_well_formatted():
+    from stonklib.rewards import parse_all
+
+    compact, example = build_prompt(EX, "compact"), build_prompt(EX, "compact_example")
+    assert example.split("Predict the next")[0] == compact.split("Predict the next")[0]  # same data section
+    assert "[UP/DOWN]" not in example
+    answer = "\n".join(line for line in example.splitlines() if line.startswith("Day "))
+    assert all(p.well_formatted for p in parse_all(answer).values())  # the example is the rewarded format
 
 
 def test_registry_has_seed_default_and_an_alternative():

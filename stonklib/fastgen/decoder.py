@@ -43,12 +43,13 @@ class KVCache:
 
 
 class Decoder:
-    def __init__(self, spec: ArchSpec, weights: DecoderWeights, cache: KVCache, compile: bool = False):
+    def __init__(self, spec: ArchSpec, weights: DecoderWeights, cache: KVCache, compile: bool | str = False):
         self.spec, self.w, self.cache = spec, weights, cache
         self._pre, self._post = _pre_attention, _post_attention
         if compile:  # fuse the elementwise work of each layer (one compiled graph serves every layer)
-            self._pre = torch.compile(_pre_attention, fullgraph=True, dynamic=False)
-            self._post = torch.compile(_post_attention_pure, fullgraph=True, dynamic=False)
+            mode = compile if isinstance(compile, str) else None  # e.g. "max-autotune-no-cudagraphs"
+            self._pre = torch.compile(_pre_attention, fullgraph=True, dynamic=False, mode=mode)
+            self._post = torch.compile(_post_attention_pure, fullgraph=True, dynamic=False, mode=mode)
         self.inv_freq = spec.inv_freq.to(weights.embed.device)
         self.scale = spec.head_dim ** -0.5
         self.slot_ids = torch.arange(cache.max_len, device=weights.embed.device)

@@ -65,6 +65,22 @@ def _sample_top_p(logits: Tensor, temperature: Tensor, top_p: Tensor, k: int) ->
     return torch.where(ok.any(1), cand.gather(1, first).squeeze(1), probs.argmax(-1))
 
 
+def _sample_top_p_sorted(logits: Tensor, temperature: Tensor, top_p: Tensor) -> Tensor:
+    """The same nucleus distribution as :func:`_sample_top_p`, by a sort and one multinomial draw.
+
+    Used where there is no CUDA graph to keep static (CPU): there one descending sort of the
+    vocabulary is far cheaper than ``k`` full-vocabulary exponential draws (measured on 2 CPU
+    cores at 8 x 49,152: ~49 ms per step for k = 8 exponentials).
+    """
+    probs = (logits / temperature).softmax(-1)
+    p_sorted, order = probs.sort(-1, descending=True)
+    ahead = p_sorted.cumsum(-1) - p_sorted  # mass more likely than each token
+    keep = (ahead < top_p) | (top_p >= 1.0)
+    keep[:, 0] = True  # the top token always stays
+    pick = torch.multinomial(p_sorted * keep, 1)
+    return order.gather(1, pick).squeeze(1)
+
+
 class _Clock:
     """Synchronised lap times, only when profiling (otherwise free)."""
 
@@ -113,7 +129,7 @@ class FastSampler:
 
     def __init__(self, model, tokenizer, max_batch: int, max_len: int, *, dtype: torch.dtype | None = None,
                  cuda_graphs: bool | None = None, check_every: int = 16, eos_token_id: int | list[int] | None = None,
-                 pad_token_id: int | None = None, dedup_prompts: bool = True, compile: bool | None = None,
+                 pad_token_id: int | None = None, dedup_prompts: bool = True, compile: bool | str | None = None,
                  top_p_candidates: int = 8):
         lm = causal_lm(model)
         self.device = lm.get_input_embeddings().weight.device
@@ -124,7 +140,7 @@ class FastSampler:
         self.dedup_prompts = dedup_prompts
         if compile is None:  # on for CUDA (2.9 vs 3.2 ms per token step, H200); the env var overrides
             env = os.environ.get("STONKLIB_FASTGEN_COMPILE")
-            compile = is_cuda if env is None else env == "1"
+            compile = is_cuda if env is None else {"0": False, "1": True}.get(env, env)  # or a torch.compile mode
         self.compile = compile
         self.top_p_candidates = top_p_candidates
         self.eos = _eos_ids(tokenizer, eos_token_id)
@@ -227,8 +243,10 @@ class FastSampler:
             logits.index_copy_(1, self.eos_t, torch.where(suppress, float("-inf"), eos_logits))
         if greedy:
             tok = logits.argmax(-1)
-        else:
+        elif self.cuda_graphs:  # sort-free: static shapes and no host sync inside the graph
             tok = _sample_top_p(logits, st.temperature, st.top_p, self.top_p_candidates)
+        else:
+            tok = _sample_top_p_sorted(logits, st.temperature, st.top_p)
         finished = st.finished[:n]
         tok = torch.where(finished, self.pad, tok)
         st.out[:n].index_copy_(1, st.step, tok[:, None])
