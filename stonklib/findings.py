@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stonklib.config import REWARD_PARTS
+
 MARKER = "## Findings"
 SMALL_N = 100  # below this many rows an accuracy's 95% interval is wider than +/- 10 points
 FEW_STEPS = 20  # fewer optimizer steps than this cannot show a trend
@@ -175,7 +177,7 @@ def training_findings(metrics: pd.DataFrame, checkpoints: pd.DataFrame, summary:
     r = metrics["reward/total"].dropna()
     b = [f"{steps} optimizer steps; total reward {_num(r.iloc[0])} at step {int(r.index[0])} and "
          f"{_num(r.iloc[-1])} at step {int(r.index[-1])} (mean {_num(r.mean())})."]
-    parts = [c for c in metrics if c.startswith("reward/") and c != "reward/total"]
+    parts = [f"reward/{k}" for k in REWARD_PARTS if f"reward/{k}" in metrics]  # not reward/zero_std_groups
     if parts and len(r) > 1:
         delta = {c.split("/", 1)[1]: metrics[c].iloc[-1] - metrics[c].iloc[0] for c in parts}
         k = max(delta, key=lambda x: abs(delta[x]))
@@ -194,6 +196,15 @@ def training_findings(metrics: pd.DataFrame, checkpoints: pd.DataFrame, summary:
                     "(no strong directional bias)."))
     else:
         b.append("No completion gave a parsable direction, so the predicted up-rate is undefined.")
+    flat = metrics.get("reward/zero_std_groups", pd.Series(dtype=float)).dropna()
+    if len(flat) and flat.tail(5).mean() >= 0.8:
+        b.append(f"In the last steps {_pct(flat.tail(5).mean())} of the groups gave all G completions the same "
+                 "reward, so they carry no policy gradient: learning has stalled (often every completion is the "
+                 "same text). Raise the temperature or G, or change the reward.")
+    vu = metrics.get("val/predicted_up_rate", pd.Series(dtype=float)).dropna()
+    if len(vu) and vu.iloc[-1] in (0.0, 1.0):
+        b.append(f"At the last validation every parsed held-out answer said {'up' if vu.iloc[-1] else 'down'}: "
+                 "a constant prediction, whatever its accuracy.")
     best = summary.get("best_val_reward")
     ck = ", ".join(str(i) for i in checkpoints.index) or "none"
     b.append(f"Saved: {ck}" + (f"; best validation reward {_num(best)}." if best is not None and np.isfinite(best)

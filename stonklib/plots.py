@@ -301,8 +301,8 @@ TRAINING_PANELS = (
                                   "reward/data_utilization", "reward/format")),
     ("KL to the reference", ("kl",)),
     ("loss", ("loss",)),
-    ("clip fraction", ("clip_fraction",)),
-    ("validation", ("val/reward", "val/accuracy", "val/format_rate")),
+    ("clip fraction, groups with no reward spread", ("clip_fraction", "reward/zero_std_groups")),
+    ("validation", ("val/reward", "val/accuracy", "val/format_rate", "val/predicted_up_rate")),
 )
 
 

@@ -256,12 +256,16 @@ class GRPOTrainer:
 
     def _log_step(self, step: int, res: StepResult, seconds: float) -> dict[str, float]:
         """Aggregate over ranks, write the JSONL rows and the scalars (rank 0)."""
-        n = torch.tensor([len(res.rewards), res.rollout.n_completion_tokens], dtype=torch.float64)
+        groups = res.rewards.view(-1, self.cfg.num_generations)
+        flat = (groups == groups[:, :1]).all(1).sum()  # groups with one reward for all G: no policy gradient
+        n = torch.tensor([len(res.rewards), res.rollout.n_completion_tokens, float(flat), groups.shape[0]],
+                         dtype=torch.float64)
         sums = torch.stack([res.rewards.sum().double()] + [res.components[k].sum().double() for k in cfglib.REWARD_PARTS])
         n, sums = D.all_reduce_sum(n, self.dist), D.all_reduce_sum(sums, self.dist)
         self.market = self.market + _sync_market(res.market, self.dist)
         scalars = {"reward/total": float(sums[0] / n[0])}
         scalars |= {f"reward/{k}": float(sums[i + 1] / n[0]) for i, k in enumerate(cfglib.REWARD_PARTS)}
+        scalars["reward/zero_std_groups"] = float(n[2] / n[3])
         scalars |= {k: v for k, v in res.stats.items()} | {"loss": res.loss, "lr": self.scheduler.get_last_lr()[0]}
         scalars |= {"tokens_per_s": float(n[1]) / max(seconds, 1e-9), "step_s": seconds,
                     "epoch": step / self.steps_per_epoch, "skipped_updates": self.skipped_updates}
@@ -294,7 +298,7 @@ class GRPOTrainer:
     def validation_reward(self) -> dict[str, float]:
         """Greedy completions on the first ``max_eval_samples`` val examples (split over ranks)."""
         exs = self.val_set[: self.cfg.max_eval_samples][self.dist.rank::self.dist.world]
-        tot = torch.zeros(4, dtype=torch.float64)
+        tot = torch.zeros(6, dtype=torch.float64)  # n, reward, well-formatted, correct, parsed, predicted up
         for i in range(0, len(exs), max(1, self.cfg.batch_size * self.cfg.num_generations)):
             chunk = exs[i:i + self.cfg.batch_size * self.cfg.num_generations]
             ids, mask = self.encode(chunk)
@@ -302,11 +306,14 @@ class GRPOTrainer:
                            max_new_tokens=self.cfg.max_new_tokens, greedy=True)
             for text, ex in zip(roll.texts, chunk, strict=True):
                 s = self.reward_fn(text, ex)
-                tot += torch.tensor([1.0, s.total, float(s.components["format"] > 0),
-                                     float(s.prediction.direction == ex.direction_1)], dtype=torch.float64)
+                d = s.prediction.direction
+                tot += torch.tensor([1.0, s.total, float(s.components["format"] > 0), float(d == ex.direction_1),
+                                     float(d in ("up", "down")), float(d == "up")], dtype=torch.float64)
         tot = D.all_reduce_sum(tot, self.dist)
-        n = max(float(tot[0]), 1.0)
-        return {"val/reward": float(tot[1]) / n, "val/format_rate": float(tot[2]) / n, "val/accuracy": float(tot[3]) / n}
+        n, parsed = max(float(tot[0]), 1.0), float(tot[4])
+        # A predicted-up rate of 0 or 1 means one answer for every prompt: the market-bias failure to watch.
+        return {"val/reward": float(tot[1]) / n, "val/format_rate": float(tot[2]) / n, "val/accuracy": float(tot[3]) / n,
+                "val/parse_rate": parsed / n, "val/predicted_up_rate": float(tot[5]) / parsed if parsed else math.nan}
 
     def _evaluate_and_keep_best(self) -> None:
         if not self.val_set:

@@ -242,6 +242,14 @@ def test_training_findings_handles_unparsed_and_short_runs():
     assert "checkpoint-2, final." in md and "cannot show a trend" in md
     m["market/predicted_up_rate"] = [0.9, 0.95]
     assert "more often than the market went up" in findings.training_findings(m, ck, {"steps": 2})
+    assert "stalled" not in md and "constant prediction" not in md
+    m["reward/zero_std_groups"] = [0.5, 1.0]  # both steps: tail mean 0.75 < 0.8
+    assert "stalled" not in findings.training_findings(m, ck, {"steps": 2})
+    m["reward/zero_std_groups"] = [1.0, 1.0]
+    m["val/predicted_up_rate"] = [float("nan"), 0.0]
+    md = findings.training_findings(m, ck, {"steps": 2})
+    assert "100.0% of the groups" in md and "stalled" in md and "`zero_std_groups`" not in md
+    assert "every parsed held-out answer said down" in md
 
 
 def metrics(acc: float, n: int = 50, lo: float | None = None, hi: float | None = None) -> dict:

@@ -35,6 +35,11 @@ def test_verdict_compares_first_and_last_points(lc):
     assert v["val/format_rate"]["change"] == pytest.approx(0.21875)
     assert v["rose"] is True
     assert "32 prompts" in v["text"] and "3.1%" in v["text"]
+    collapsed = [{"steps": [11, 20], "distinct_share": 0.01, "zero_std_groups": 1.0, "predicted_up_rate": 0.0}]
+    v = lc.verdict(points, n_val=32, wins=collapsed)
+    assert v["collapsed"] and "every parsed answer said down" in v["text"] and "not skill" in v["text"]
+    healthy = [{"steps": [11, 20], "distinct_share": 0.9, "zero_std_groups": 0.1, "predicted_up_rate": 0.4}]
+    assert "collapsed" not in lc.verdict(points, n_val=32, wins=healthy)
     fell = lc.verdict([points[1], points[2]], n_val=32)
     assert fell["rose"] is False
     assert "fewer than two" in lc.verdict(points[:1], n_val=32)["text"]
@@ -54,5 +59,8 @@ def test_runs_reads_back_and_writes_json_and_png(lc, tiny_model_dir, tmp_path):
     saved = json.loads((results / "t-learning_curve.json").read_text())
     assert saved["verdict"] == got["verdict"] and saved["config"]["prompt_version"] == "compact_example"
     assert (results / "t-learning_curve.png").stat().st_size > 10_000
+    (win,) = got["train_windows"]  # steps 1-2 fall in the first window of 10
+    assert win["steps"] == [1, 10] and win["completions"] == 2 * 2 * 2
+    assert 0 < win["distinct_share"] <= 1 and 0 <= win["zero_std_groups"] <= 1
     again = lc.main(args)  # a finished run is only re-read, not trained again
     assert again["wall_s_this_invocation"] is None and again["validation"] == got["validation"]

@@ -158,7 +158,10 @@ def test_run_training_writes_every_output(tiny_model_dir, small_data, tmp_path):
     assert "update log-probs with shared_prefix_logprobs" in log and "sampling with FastSampler" in log
     val = [r for r in read_jsonl(out / "train_metrics.jsonl") if "val/reward" in r]
     assert [r["step"] for r in val] == [0, 2, 4]  # eval_at_start adds the untrained baseline
-    assert all(0.0 <= r["val/format_rate"] <= 1.0 for r in val)
+    assert all(0.0 <= r["val/format_rate"] <= 1.0 and 0.0 <= r["val/parse_rate"] <= 1.0 for r in val)
+    assert all("val/predicted_up_rate" in r for r in val)
+    steps = [r for r in read_jsonl(out / "train_metrics.jsonl") if "reward/total" in r]
+    assert all(0.0 <= r["reward/zero_std_groups"] <= 1.0 for r in steps)
 
 
 def _train_cmd(model_dir, data, out, steps):
