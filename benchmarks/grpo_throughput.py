@@ -210,13 +210,6 @@ def _summary(times: list[float], warmup: int, tokens: int, peak: float | None, c
 def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[Example], work: Path,
              sampler_kind: str = "auto", shared_prefix: bool = True) -> dict:
     """stonklib's trainer step; ``shared_prefix=False`` is the full-forward log-prob ablation."""
-    out = _run_ours(a, shape, model_dir, texts, examples, work, sampler_kind, shared_prefix)
-    out["logprobs"] = "shared_prefix_logprobs" if shared_prefix else "completion_logprobs (full forward, ablation)"
-    return out
-
-
-def _run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[Example], work: Path,
-              sampler_kind: str, shared_prefix: bool) -> dict:
     from stonklib.config import TrainConfig
     from stonklib.launch import make_sampler
     from stonklib.models import add_lora, load_base_model, load_policy, pick_device
@@ -272,6 +265,7 @@ def _run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list
     peak = _peak_gib()
     out = _summary(times, a.warmup, B * G * C, peak, cpu_times)
     out["sampler"] = type(sampler).__name__
+    out["logprobs"] = "shared_prefix_logprobs" if shared_prefix else "completion_logprobs (full forward, ablation)"
     out["trainer_timings"] = parts
     out["profile"] = profile_ours_step(trainer, ids, mask, examples)
     log.close()

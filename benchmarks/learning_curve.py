@@ -61,6 +61,7 @@ def windows(output_dir: Path, width: int = 10) -> list[dict]:
     """
     from collections import defaultdict
 
+    from stonklib.market import MarketStats
     from stonklib.runlog import read_jsonl
 
     logs = sorted(output_dir.glob("stage*_training_log.jsonl"))
@@ -74,14 +75,13 @@ def windows(output_dir: Path, width: int = 10) -> list[dict]:
         groups: dict[tuple, set] = defaultdict(set)
         for r in rows:
             groups[(r["step"], r.get("rank", 0), r["prompt_id"])].add(r["reward_total"])
-        parsed = [r for r in rows if r["predicted_direction"] in ("up", "down")]
+        market = MarketStats()
+        market.update([r["actual_direction"] for r in rows], [r["predicted_direction"] for r in rows])
         out.append({"steps": [w * width + 1, w * width + width], "completions": len(rows),
                     "distinct_share": len({r["completion"] for r in rows}) / len(rows),
                     "zero_std_groups": sum(len(v) == 1 for v in groups.values()) / len(groups),
-                    "parsed_share": len(parsed) / len(rows),
-                    "predicted_up_rate": (sum(r["predicted_direction"] == "up" for r in parsed) / len(parsed)
-                                          if parsed else None),
-                    "actual_up_rate": sum(r["actual_direction"] == "up" for r in rows) / len(rows)})
+                    "parsed_share": market.parse_rate, "predicted_up_rate": market.predicted_up_rate,
+                    "actual_up_rate": market.actual_up_rate})
     return out
 
 

@@ -53,13 +53,12 @@ from stonklib.checkpoint import (
     save_checkpoint,
 )
 from stonklib.data.records import Example
-from stonklib.fastgen.logprobs import shared_prefix_logprobs
-from stonklib.fastgen.weights import ArchSpec, UnsupportedModelError
+from stonklib.fastgen.logprobs import pick_logprobs
 from stonklib.grpo import group_advantages, grpo_loss
 from stonklib.market import MarketStats
 from stonklib.prompts import fit_prompt
 from stonklib.rewards import score
-from stonklib.rollout import HFSampler, Rollout, completion_logprobs, encode_prompts, rollout
+from stonklib.rollout import HFSampler, Rollout, encode_prompts, rollout
 from stonklib.runlog import RunLog
 
 
@@ -78,17 +77,6 @@ class StepResult:
     stats: dict[str, float]
     skipped: bool
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def pick_logprobs(cfg: cfglib.TrainConfig, policy) -> Callable[..., torch.Tensor]:
-    """The log-prob function of the update: shared-prefix when asked for and implemented, else the full forward."""
-    if cfg.shared_prefix_logprobs:
-        try:
-            ArchSpec.from_model(policy)
-            return shared_prefix_logprobs
-        except UnsupportedModelError:
-            pass
-    return completion_logprobs
 
 
 class _PolicyLogprobs(torch.nn.Module):
@@ -115,7 +103,7 @@ class GRPOTrainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.scheduler = _make_scheduler(cfg, self.optimizer, self.total_steps)
         self.sampler = sampler or HFSampler(policy, tokenizer)
-        self.logprobs = pick_logprobs(cfg, policy)
+        self.logprobs = pick_logprobs(policy, shared_prefix=cfg.shared_prefix_logprobs)
         self.forward = _PolicyLogprobs(policy, self.logprobs)
         if dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -298,22 +286,23 @@ class GRPOTrainer:
     def validation_reward(self) -> dict[str, float]:
         """Greedy completions on the first ``max_eval_samples`` val examples (split over ranks)."""
         exs = self.val_set[: self.cfg.max_eval_samples][self.dist.rank::self.dist.world]
-        tot = torch.zeros(6, dtype=torch.float64)  # n, reward, well-formatted, correct, parsed, predicted up
+        tot, market = torch.zeros(3, dtype=torch.float64), MarketStats()  # n, reward, well-formatted
         for i in range(0, len(exs), max(1, self.cfg.batch_size * self.cfg.num_generations)):
             chunk = exs[i:i + self.cfg.batch_size * self.cfg.num_generations]
             ids, mask = self.encode(chunk)
             roll = rollout(self.sampler, self.tok, ids, mask, 1,
                            max_new_tokens=self.cfg.max_new_tokens, greedy=True)
-            for text, ex in zip(roll.texts, chunk, strict=True):
-                s = self.reward_fn(text, ex)
-                d = s.prediction.direction
-                tot += torch.tensor([1.0, s.total, float(s.components["format"] > 0), float(d == ex.direction_1),
-                                     float(d in ("up", "down")), float(d == "up")], dtype=torch.float64)
-        tot = D.all_reduce_sum(tot, self.dist)
-        n, parsed = max(float(tot[0]), 1.0), float(tot[4])
+            scored = [self.reward_fn(text, ex) for text, ex in zip(roll.texts, chunk, strict=True)]
+            tot += torch.tensor([len(scored), sum(s.total for s in scored),
+                                 sum(s.components["format"] > 0 for s in scored)], dtype=torch.float64)
+            market.update([ex.direction_1 for ex in chunk], [s.prediction.direction for s in scored])
+        tot, market = D.all_reduce_sum(tot, self.dist), _sync_market(market, self.dist)
+        n = max(float(tot[0]), 1.0)
+        nan = lambda x: math.nan if x is None else x  # noqa: E731
         # A predicted-up rate of 0 or 1 means one answer for every prompt: the market-bias failure to watch.
-        return {"val/reward": float(tot[1]) / n, "val/format_rate": float(tot[2]) / n, "val/accuracy": float(tot[3]) / n,
-                "val/parse_rate": parsed / n, "val/predicted_up_rate": float(tot[5]) / parsed if parsed else math.nan}
+        return {"val/reward": float(tot[1]) / n, "val/format_rate": float(tot[2]) / n,
+                "val/accuracy": nan(market.accuracy), "val/parse_rate": nan(market.parse_rate),
+                "val/predicted_up_rate": nan(market.predicted_up_rate)}
 
     def _evaluate_and_keep_best(self) -> None:
         if not self.val_set:

@@ -19,13 +19,27 @@ prompt token, shared by the group's rows, instead of one per row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from stonklib.fastgen.weights import ArchSpec, causal_lm
+from stonklib.fastgen.weights import ArchSpec, UnsupportedModelError, causal_lm
 from stonklib.grpo import logprobs_from_hidden
+from stonklib.rollout import completion_logprobs
+
+
+def pick_logprobs(model, shared_prefix: bool = True) -> Callable[..., Tensor]:
+    """:func:`shared_prefix_logprobs` when asked for and the architecture is implemented, else the full forward."""
+    if shared_prefix:
+        try:
+            ArchSpec.from_model(model)
+            return shared_prefix_logprobs
+        except UnsupportedModelError:
+            pass
+    return completion_logprobs
 
 
 def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:

@@ -75,8 +75,7 @@ def _sample_top_p_sorted(logits: Tensor, temperature: Tensor, top_p: Tensor) -> 
     probs = (logits / temperature).softmax(-1)
     p_sorted, order = probs.sort(-1, descending=True)
     ahead = p_sorted.cumsum(-1) - p_sorted  # mass more likely than each token
-    keep = (ahead < top_p) | (top_p >= 1.0)
-    keep[:, 0] = True  # the top token always stays
+    keep = (ahead < top_p) | (top_p >= 1.0)  # the top token (nothing ahead) always stays: top_p > 0
     pick = torch.multinomial(p_sorted * keep, 1)
     return order.gather(1, pick).squeeze(1)
 
