@@ -268,6 +268,8 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     out["logprobs"] = "shared_prefix_logprobs" if shared_prefix else "completion_logprobs (full forward, ablation)"
     out["trainer_timings"] = parts
     out["profile"] = profile_ours_step(trainer, ids, mask, examples)
+    if getattr(a, "op_profile", False) and device.type == "cuda":
+        out["op_profile"] = op_profile(trainer.step, ids, mask, examples)
     log.close()
     del trainer, sampler, policy
     _free()
@@ -318,6 +320,20 @@ def profile_ours_step(trainer, ids, mask, examples) -> dict:
                                     - acc["optimizer_s"])
     prof["sampler"] = dict(getattr(trainer.sampler, "timings", {}) or {})
     return prof
+
+
+def op_profile(step, *args, top: int = 30) -> dict:
+    """CUDA kernel time of one more step, by kernel (``--op_profile``): where the non-sampling time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step(*args)
+        _sync()
+    rows = [{"kernel": e.key[:120], "ms": (getattr(e, "device_time_total", 0) or 0) / 1e3,
+             "calls": e.count} for e in prof.key_averages()]
+    rows = [r for r in rows if r["ms"] > 0]
+    rows.sort(key=lambda r: -r["ms"])
+    return {"kernel_ms_total": sum(r["ms"] for r in rows), "top": rows[:top]}
 
 
 # ---------------------------------------------------------------------- TRL
@@ -418,6 +434,7 @@ def parse_args(argv=None):
                    help="NF4 base weights (default: on for the GPU shapes, off for cpu).")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--op_profile", action="store_true", help="Also record ours' CUDA kernel times of one extra step.")
     # --- where
     p.add_argument("--model_dir", default=None, help="Synthetic model folder (created if missing; default: a temp dir).")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="Folder for <machine>-<shape>.json.")
@@ -497,6 +514,10 @@ def print_table(result: dict) -> None:
               f"{r['tokens_generated']:>7} {ratio:>7} {r['step_cpu_s_median']:>10.2f}")
         if "profile" in r:
             print("   profile:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r["profile"].items()})
+        if "op_profile" in r:
+            print(f"   kernels: {r['op_profile']['kernel_ms_total']:.1f} ms")
+            for row in r["op_profile"]["top"][:25]:
+                print(f"   {row['ms']:9.2f} ms {row['calls']:6d}x  {row['kernel']}")
 
 
 if __name__ == "__main__":

@@ -43,12 +43,18 @@ class KVCache:
 
 
 class Decoder:
-    def __init__(self, spec: ArchSpec, weights: DecoderWeights, cache: KVCache, compile: bool | str = False):
+    """``kernels=True`` makes :meth:`decode` run each layer's attention (RoPE, cache write, attention) as
+    the Triton kernel of :mod:`stonklib.fastgen.kernels` (CUDA; on CPU only under Triton's interpreter)."""
+
+    def __init__(self, spec: ArchSpec, weights: DecoderWeights, cache: KVCache, compile: bool | str = False,
+                 kernels: bool = False):
         self.spec, self.w, self.cache = spec, weights, cache
-        self._pre, self._post = _pre_attention, _post_attention
+        self.kernels = kernels
+        self._pre, self._post, self._norm_qkv = _pre_attention, _post_attention, _norm_qkv
         if compile:  # fuse the elementwise work of each layer (one compiled graph serves every layer)
             mode = compile if isinstance(compile, str) else None  # e.g. "max-autotune-no-cudagraphs"
             self._pre = torch.compile(_pre_attention, fullgraph=True, dynamic=False, mode=mode)
+            self._norm_qkv = torch.compile(_norm_qkv, fullgraph=True, dynamic=False, mode=mode)
             self._post = torch.compile(_post_attention_pure, fullgraph=True, dynamic=False, mode=mode)
         self.inv_freq = spec.inv_freq.to(weights.embed.device)
         self.scale = spec.head_dim ** -0.5
@@ -153,6 +159,8 @@ class Decoder:
         layer (~17): fused RMSNorm, q and k rotated together, mask and scale folded into one batched
         matmul, residual adds folded into the output projections.
         """
+        if self.kernels:
+            return self._decode_kernels(tok, pos, slot, slot_valid)
         s = self.spec
         n = tok.shape[0]
         cos, sin = self.rope_step(pos)
@@ -172,6 +180,27 @@ class Decoder:
             x = self._post(x, a, lw.o.weight, lw.o.bias, lw.ln_mlp, lw.gate_up.weight, lw.gate_up.bias,
                                 lw.down.weight, lw.down.bias, s.rms_eps)
         return self.logits(x)
+
+    def _decode_kernels(self, tok: Tensor, pos: Tensor, slot: Tensor, slot_valid: Tensor) -> Tensor:
+        """:meth:`decode` with each layer's RoPE, cache write and attention as one Triton kernel pair."""
+        from stonklib.fastgen.kernels import decode_attention
+
+        s = self.spec
+        n = tok.shape[0]
+        cos, sin = self.rope_step(pos)
+        x = F.embedding(tok, self.w.embed)
+        for li, lw in enumerate(self.w.layers):
+            qkv = self._norm_qkv(x, lw.ln_attn, lw.qkv.weight, lw.qkv.bias, s.rms_eps)
+            a = decode_attention(qkv, cos, sin, self.cache.k[li, :n], self.cache.v[li, :n], slot_valid, slot,
+                                 s.n_heads, s.n_kv_heads, self.scale)
+            x = self._post(x, a, lw.o.weight, lw.o.bias, lw.ln_mlp, lw.gate_up.weight, lw.gate_up.bias,
+                           lw.down.weight, lw.down.bias, s.rms_eps)
+        return self.logits(x)
+
+
+def _norm_qkv(x: Tensor, ln: Tensor, w_qkv: Tensor, b_qkv: Tensor | None, eps: float) -> Tensor:
+    """RMSNorm and the fused q|k|v projection (RoPE is left to the attention kernel)."""
+    return F.linear(F.rms_norm(x, (x.shape[-1],), ln, eps), w_qkv, b_qkv)
 
 
 def _pre_attention(x: Tensor, ln: Tensor, w_qkv: Tensor, b_qkv: Tensor | None, cos: Tensor, sin: Tensor, eps: float,

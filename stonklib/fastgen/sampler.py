@@ -32,6 +32,7 @@ import time
 import torch
 from torch import Tensor
 
+from stonklib.fastgen import kernels as _kernels
 from stonklib.fastgen.decoder import Decoder, KVCache
 from stonklib.fastgen.weights import ArchSpec, DecoderWeights, causal_lm
 
@@ -109,6 +110,7 @@ class _State:
         self.slot = torch.zeros(1, **long)  # its cache slot
         self.step = torch.zeros(1, **long)  # index of the token being chosen
         self.min_new = torch.zeros(1, **long)
+        self.seed = torch.zeros(1, **long)  # Philox key of the Triton top-p draw; advanced every step
         self.temperature = torch.ones(1, dtype=torch.float32, device=device)
         self.top_p = torch.ones(1, dtype=torch.float32, device=device)
         self.slot_valid = torch.zeros(max_batch, max_len, dtype=torch.bool, device=device)
@@ -124,12 +126,15 @@ class FastSampler:
     CUDA; the CPU path runs the same step eagerly (it is what the tests check). ``compile`` wraps
     each layer's elementwise work in ``torch.compile`` (default: on for CUDA, off for CPU;
     ``STONKLIB_FASTGEN_COMPILE=0/1`` overrides). ``top_p_candidates`` is k of the sort-free top-p sampler.
+    ``kernels`` (default: on for CUDA when Triton is installed; ``STONKLIB_FASTGEN_KERNELS=0`` turns it
+    off) runs each layer's attention and the top-p draw as the Triton kernels of
+    :mod:`stonklib.fastgen.kernels`.
     """
 
     def __init__(self, model, tokenizer, max_batch: int, max_len: int, *, dtype: torch.dtype | None = None,
                  cuda_graphs: bool | None = None, check_every: int = 16, eos_token_id: int | list[int] | None = None,
                  pad_token_id: int | None = None, dedup_prompts: bool = True, compile: bool | str | None = None,
-                 top_p_candidates: int = 8):
+                 top_p_candidates: int = 8, kernels: bool | None = None):
         lm = causal_lm(model)
         self.device = lm.get_input_embeddings().weight.device
         is_cuda = self.device.type == "cuda"
@@ -140,6 +145,9 @@ class FastSampler:
         if compile is None:  # on for CUDA (2.9 vs 3.2 ms per token step, H200); the env var overrides
             env = os.environ.get("STONKLIB_FASTGEN_COMPILE")
             compile = is_cuda if env is None else {"0": False, "1": True}.get(env, env)  # or a torch.compile mode
+        if kernels is None:  # Triton decode kernels where they run (CUDA with Triton); the env var overrides
+            kernels = is_cuda and os.environ.get("STONKLIB_FASTGEN_KERNELS", "1") != "0" and _kernels.available(self.device)
+        self.kernels = kernels
         self.compile = compile
         self.top_p_candidates = top_p_candidates
         self.eos = _eos_ids(tokenizer, eos_token_id)
@@ -155,7 +163,7 @@ class FastSampler:
         self.spec = ArchSpec.from_model(model)
         self.weights = DecoderWeights(model, self.dtype, self.device)
         self.cache = KVCache(self.spec, self.max_batch, self.max_len, self.dtype, self.device)
-        self.decoder = Decoder(self.spec, self.weights, self.cache, compile=self.compile)
+        self.decoder = Decoder(self.spec, self.weights, self.cache, compile=self.compile, kernels=self.kernels)
         self.state = _State(self.max_batch, self.max_len, self.device)
         self.eos_t = torch.tensor(self.eos or [-1], dtype=torch.long, device=self.device)
         self._graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
@@ -184,6 +192,7 @@ class FastSampler:
         graph = self._graph(n, greedy) if self.cuda_graphs else None
         clock.lap("capture_s")
 
+        st.seed.fill_(int(torch.randint(0, 2**62, (1,))))  # from torch's generator: torch.manual_seed repeats runs
         st.temperature.fill_(temperature)
         st.top_p.fill_(top_p)
         st.min_new.fill_(min_new_tokens)
@@ -242,6 +251,9 @@ class FastSampler:
             logits.index_copy_(1, self.eos_t, torch.where(suppress, float("-inf"), eos_logits))
         if greedy:
             tok = logits.argmax(-1)
+        elif self.kernels:  # the same sort-free draw in four Triton kernels (~20x fewer bytes moved)
+            tok = _kernels.sample_top_p(logits, st.temperature, st.top_p, st.seed, self.top_p_candidates)
+            st.seed.add_(1)
         elif self.cuda_graphs:  # sort-free: static shapes and no host sync inside the graph
             tok = _sample_top_p(logits, st.temperature, st.top_p, self.top_p_candidates)
         else:

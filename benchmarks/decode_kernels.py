@@ -1,0 +1,178 @@
+"""The Triton decode kernels at the ``seed`` shape: error against plain torch, time per call, sweep.
+
+    python benchmarks/decode_kernels.py --sweep      # GPU (writes <out>/<machine>-decode_kernels.json)
+
+Shape: one Qwen2.5-1.5B layer at 16 rows (4 prompts x 4 completions), attention over a 768-slot
+cache at slot 600 (12 query heads, 2 KV heads, head dim 128), 37 left-padded slots per row.
+
+Reported: the largest absolute error against the plain-torch twin (same bf16 inputs; the cache
+writes too), and the median GPU time per call (10 calls captured in a CUDA graph, replays timed
+by CUDA events) beside the plain-torch attention core it replaces (RoPE, two cache writes, masked
+``baddbmm``, softmax, cast, ``bmm``: what the decoder ran before). With ``--sweep`` every
+``(chunk, block_l, num_warps)`` of a grid is timed; the fastest is what ``ATTENTION_CONFIG`` in
+``stonklib/fastgen/kernels.py`` should hold.
+
+The top-p draw (``sample_top_p``) is timed the same way against the plain-torch sort-free draw at
+16 x 151,936 logits, and its distribution is checked on 200k draws from a 96-token softmax
+(total-variation distance to the exact renormalised nucleus; tokens drawn outside it), with the
+vocabulary in one chunk and in three.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from grpo_throughput import machine_name  # noqa: E402
+
+
+def time_call(fn, iters: int) -> float:
+    """Median GPU microseconds per call of ``fn``: 10 calls captured in one CUDA graph, replays timed by CUDA events.
+
+    In a graph, as in FastSampler's decode step, Python and launch overhead are gone: this is the
+    kernels' own time.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(10):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(max(3, iters // 10)):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        samples.append(a.elapsed_time(b) * 100.0)  # ms per 10 calls -> us per call
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def attention_case(iters: int, sweep: bool) -> dict:
+    from stonklib.fastgen import kernels as K
+
+    n, H, KVH, D, L, slot = 16, 12, 2, 128, 768, 600
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(0)
+    qkv = torch.randn(n, (H + 2 * KVH) * D, device=dev, dtype=dt, generator=g)
+    ang = torch.rand(n, D, device=dev, generator=g) * 6.28
+    cos, sin = ang.cos().to(dt), ang.sin().to(dt)
+    kc = torch.randn(n, KVH, L, D, device=dev, dtype=dt, generator=g)
+    vc = torch.randn(n, KVH, L, D, device=dev, dtype=dt, generator=g)
+    valid = torch.ones(n, L, dtype=torch.bool, device=dev)
+    valid[:, :37] = False  # left padding
+    s = torch.tensor([slot], device=dev)
+    k2, v2 = kc.clone(), vc.clone()
+    out = K.decode_attention(qkv, cos, sin, kc, vc, valid, s, H, KVH, D ** -0.5)
+    ref = K.decode_attention_reference(qkv, cos, sin, k2, v2, valid, s, H, KVH, D ** -0.5)
+    res = {"max_abs_err": float((out.float() - ref.float()).abs().max()), "ref_abs_max": float(ref.float().abs().max()),
+           "cache_max_abs_err": float(max((kc.float() - k2.float()).abs().max(), (vc.float() - v2.float()).abs().max()))}
+    res["config"] = list(K.ATTENTION_CONFIG)
+    res["kernel_us"] = time_call(lambda: K.decode_attention(qkv, cos, sin, kc, vc, valid, s, H, KVH, D ** -0.5), iters)
+    if sweep:
+        rows = []
+        for chunk, block_l, warps in itertools.product((32, 64, 128, 256), (16, 32, 64), (2, 4, 8)):
+            if block_l > chunk:
+                continue
+            run = functools.partial(K.decode_attention, qkv, cos, sin, kc, vc, valid, s, H, KVH, D ** -0.5,
+                                    chunk=chunk, block_l=block_l, num_warps=warps)
+            try:
+                rows.append({"us": time_call(run, max(30, iters // 4)), "config": [chunk, block_l, warps]})
+            except Exception as e:  # out of shared memory/registers for this tile: skip it
+                print(f"  attention {(chunk, block_l, warps)}: {type(e).__name__}", flush=True)
+        rows.sort(key=lambda r: r["us"])
+        res["sweep"] = rows
+
+    # What the plain decoder runs for the same work (RoPE, cache writes, masked bmm softmax bmm).
+    from stonklib.fastgen.decoder import _pre_attention  # noqa: F401  (RoPE is inside it; time the attention core)
+    slot_ids = torch.arange(L, device=dev)
+
+    def torch_core():
+        qk = qkv[:, : (H + KVH) * D].view(n, H + KVH, D)
+        sw = torch.cat([qk[..., D // 2:], qk[..., : D // 2]], -1)
+        qk = torch.addcmul(qk * cos[:, None], sw, sin[:, None])
+        q, k, v = qk[:, :H], qk[:, H:], qkv[:, (H + KVH) * D:].view(n, KVH, D)
+        k2.index_copy_(2, s, k.unsqueeze(2))
+        v2.index_copy_(2, s, v.unsqueeze(2))
+        vis = valid & (slot_ids <= s)
+        bias = torch.zeros(vis.shape, dtype=dt, device=dev).masked_fill_(~vis, float("-inf"))
+        bias = bias[:, None, None, :].expand(n, KVH, H // KVH, -1).reshape(n * KVH, H // KVH, -1)
+        sc = torch.baddbmm(bias, q.reshape(n * KVH, H // KVH, D), k2.flatten(0, 1).transpose(1, 2), alpha=D ** -0.5)
+        p = torch.softmax(sc, -1, dtype=torch.float32).to(dt)
+        return torch.bmm(p, v2.flatten(0, 1)).view(n, -1)
+
+    res["torch_us"] = time_call(torch_core, iters)
+    return res
+
+
+def sampler_case(iters: int) -> dict:
+    """The Triton top-p draw against the plain-torch one at 16 x 151,936, and its distribution on a small vocabulary."""
+    from stonklib.fastgen import kernels as K
+    from stonklib.fastgen.sampler import _sample_top_p
+
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    logits = torch.randn(16, 151936, device=dev, generator=g) * 3
+    temp, top_p = torch.tensor([0.7], device=dev), torch.tensor([0.9], device=dev)
+    seed = torch.tensor([1], device=dev)
+    res = {"kernel_us": time_call(lambda: K.sample_top_p(logits, temp, top_p, seed), iters),
+           "torch_us": time_call(lambda: _sample_top_p(logits, temp, top_p, 8), iters)}
+    # Distribution: 200k rows of one 96-token distribution, against the exact renormalised nucleus.
+    small = (torch.randn(96, device=dev, generator=g) * 2).expand(200_000, -1).contiguous()
+    probs = torch.softmax(small[0] / 0.7, -1)
+    sp, order = probs.sort(descending=True)
+    keep = order[(sp.cumsum(0) - sp) < 0.9]
+    target = torch.zeros_like(probs)
+    target[keep] = probs[keep] / probs[keep].sum()
+    for chunk in (4096, 32):
+        tok = K.sample_top_p(small, temp, top_p, seed, chunk=chunk)
+        freq = torch.bincount(tok, minlength=96).float() / tok.numel()
+        res[f"tv_distance_chunk{chunk}"] = float(0.5 * (freq - target).abs().sum())
+        res[f"outside_nucleus_chunk{chunk}"] = int((target[tok] == 0).sum())
+    return res
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--sweep", action="store_true", help="time every (chunk, block_l, num_warps) of the grid")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("decode_kernels.py measures CUDA kernels; run it on a GPU machine.")
+    result = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    import triton
+
+    result["triton"] = triton.__version__
+    result["attention"] = attention_case(a.iters, a.sweep)
+    print("attention", json.dumps({k: v for k, v in result["attention"].items() if k != "sweep"}), flush=True)
+    for row in result["attention"].get("sweep", [])[:6]:
+        print("   ", row, flush=True)
+    result["sampler"] = sampler_case(a.iters)
+    print("sampler", json.dumps(result["sampler"]), flush=True)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{machine_name()}-decode_kernels.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The Triton decode kernels (attention, top-p draw) against plain torch, run on CPU by Triton's interpreter.
+
+The same kernel source runs on the GPU (there in bf16; ``benchmarks/decode_kernels.py`` records
+its error on an H100). Here float32 throughout: the interpreter's bf16 ``tl.dot`` is not exact.
+Skipped where Triton is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests.test_fastgen import TOK, VOCAB, assert_follows, left_padded, nucleus, rel_err, tiny_model
+
+triton = pytest.importorskip("triton")
+
+
+@pytest.fixture
+def K():
+    """stonklib.fastgen.kernels under Triton's CPU interpreter (tests/conftest.py turns it on before Triton loads)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton's interpreter is off (a CUDA machine): benchmarks/decode_kernels.py checks the kernels there")
+    import stonklib.fastgen.kernels as mod
+
+    return mod
+
+
+def _rope(pos: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / (5000.0 ** (torch.arange(0, d, 2).float() / d))
+    ang = pos[:, None].float() * inv
+    ang = torch.cat([ang, ang], -1)
+    sin = ang.sin()
+    return ang.cos(), torch.cat([-sin[:, : d // 2], sin[:, d // 2:]], -1)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "length", "slot", "chunk", "block_l"), [
+    (4, 2, 40, 21, 16, 8),    # slot inside the second of three chunks
+    (4, 2, 40, 16, 16, 8),    # slot on a chunk boundary
+    (4, 2, 40, 0, 16, 16),    # the first token: only itself visible
+    (6, 2, 33, 32, 16, 16),   # last slot, a partial last chunk, 3 query heads per KV head
+    (2, 2, 24, 10, 64, 64),   # no grouping, one chunk
+])
+def test_decode_attention_matches_torch(K, heads, kv_heads, length, slot, chunk, block_l):
+    n, d = 3, 16
+    g = torch.Generator().manual_seed(slot + length)
+    qkv = torch.randn(n, (heads + 2 * kv_heads) * d, generator=g)
+    cos, sin = _rope(torch.tensor([slot, slot - 2, slot + 5]), d)
+    kc, vc = torch.randn(n, kv_heads, length, d, generator=g), torch.randn(n, kv_heads, length, d, generator=g)
+    valid = torch.rand(n, length, generator=g) > 0.3
+    valid[:, slot] = True
+    valid[1, :slot] = False  # a row that sees only the new token
+    kc2, vc2 = kc.clone(), vc.clone()
+    s = torch.tensor([slot])
+    got = K.decode_attention(qkv, cos, sin, kc, vc, valid, s, heads, kv_heads, d ** -0.5, chunk=chunk, block_l=block_l)
+    want = K.decode_attention_reference(qkv, cos, sin, kc2, vc2, valid, s, heads, kv_heads, d ** -0.5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kc, kc2, rtol=1e-6, atol=1e-6)  # the new key, rotated, went to `slot`
+    torch.testing.assert_close(vc, vc2, rtol=0, atol=0)
+    assert not torch.equal(kc[:, :, slot], torch.zeros_like(kc[:, :, slot]))
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@torch.no_grad()
+def test_decoder_kernel_path_matches_the_plain_path(K, kind):
+    from stonklib.fastgen import FastSampler
+
+    model = tiny_model(kind, seed=5)
+    ids, mask = left_padded()
+    plain = FastSampler(model, TOK, max_batch=3, max_len=24, kernels=False)
+    fused = FastSampler(model, TOK, max_batch=3, max_len=24, kernels=True)
+    assert fused.decoder.kernels and not plain.decoder.kernels
+    a = plain.sample(ids, mask, max_new_tokens=10, greedy=True)
+    b = fused.sample(ids, mask, max_new_tokens=10, greedy=True)
+    assert torch.equal(a, b)
+    # One decode step's logits from the same filled cache.
+    P = ids.shape[1]
+    for fs in (plain, fused):
+        fs.decoder.prefill(ids, mask)
+    args = (a[:, 0], mask.sum(-1), torch.tensor([P]), plain.state.slot_valid[:3])
+    assert rel_err(fused.decoder.decode(*args), plain.decoder.decode(*args)) < 1e-5
+
+
+def test_top_p_draw_follows_the_nucleus_distribution(K):
+    """400 rows of one distribution, vocabulary in 3 chunks: the draw is generate's top-p distribution."""
+    g = torch.Generator().manual_seed(21)
+    logits = (torch.randn(VOCAB, generator=g) * 2.0).expand(400, -1).clone()
+    tok = K.sample_top_p(logits, torch.tensor([0.7]), torch.tensor([0.6]), torch.tensor([123]), k=8, chunk=32)
+    target, keep = nucleus(torch.softmax(logits[0] / 0.7, -1), 0.6)
+    assert len(keep) > 2
+    assert_follows(tok, target, keep)
+
+
+@pytest.mark.parametrize(("top_p", "temp"), [(1e-6, 1.0), (0.9, 1e-4)])
+def test_top_p_draw_degenerates_to_the_argmax(K, top_p, temp):
+    logits = torch.randn(6, VOCAB, generator=torch.Generator().manual_seed(3))
+    tok = K.sample_top_p(logits, torch.tensor([temp]), torch.tensor([top_p]), torch.tensor([5]), k=4, chunk=64)
+    assert torch.equal(tok, logits.argmax(-1))
+
+
+def test_top_p_draw_is_keyed_by_its_seed(K):
+    logits = torch.zeros(16, VOCAB)  # uniform: every token is in the nucleus at top_p = 1
+    one, p = torch.tensor([1.0]), torch.tensor([1.0])
+    a = K.sample_top_p(logits, one, p, torch.tensor([7]), k=2, chunk=64)
+    assert torch.equal(a, K.sample_top_p(logits, one, p, torch.tensor([7]), k=2, chunk=64))
+    assert not torch.equal(a, K.sample_top_p(logits, one, p, torch.tensor([8]), k=2, chunk=64))
+    assert a.unique().numel() > 8  # rows draw independently
+
+
+@torch.no_grad()
+def test_sampler_with_kernels_repeats_under_a_seed_and_advances_its_key(K):
+    from stonklib.fastgen import FastSampler
+
+    ids, mask = left_padded()
+    fs = FastSampler(tiny_model("qwen2", seed=5), TOK, max_batch=3, max_len=24, kernels=True)
+    kw = dict(max_new_tokens=6, temperature=1.0, top_p=0.95)
+    torch.manual_seed(0)
+    a = fs.sample(ids, mask, **kw)
+    key = int(fs.state.seed)
+    torch.manual_seed(0)
+    assert torch.equal(a, fs.sample(ids, mask, **kw))
+    assert int(fs.state.seed) == key
+    b = fs.sample(ids, mask, **kw)
+    assert not torch.equal(a, b)
