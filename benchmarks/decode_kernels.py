@@ -10,12 +10,16 @@ writes too), and the median GPU time per call (10 calls captured in a CUDA graph
 by CUDA events) beside the plain-torch attention core it replaces (RoPE, two cache writes, masked
 ``baddbmm``, softmax, cast, ``bmm``: what the decoder ran before). With ``--sweep`` every
 ``(chunk, block_l, num_warps)`` of a grid is timed; the fastest is what ``ATTENTION_CONFIG`` in
-``stonklib/fastgen/kernels.py`` should hold.
+``stonklib/fastgen/kernels/attention.py`` should hold (``MLP_CONFIG`` in ``kernels/mlp.py`` for the MLP).
 
 The top-p draw (``sample_top_p``) is timed the same way against the plain-torch sort-free draw at
 16 x 151,936 logits, and its distribution is checked on 200k draws from a 96-token softmax
 (total-variation distance to the exact renormalised nucleus; tokens drawn outside it), with the
 vocabulary in one chunk and in three.
+
+The skinny MLP kernels (``SkinnyMLP``: gate|up with SiLU-gating fused, down with the residual
+fused, optional split-K) are timed against cuBLAS on the same bf16 weights (``F.linear`` + SiLU +
+product; ``addmm_``), with ``--sweep`` over ``(block_n, block_k, split_k, num_warps, num_stages)``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -150,6 +155,49 @@ def sampler_case(iters: int) -> dict:
     return res
 
 
+def mlp_case(iters: int, sweep: bool) -> dict:
+    """The skinny MLP kernels (16 rows, 1536 -> 2 x 8960 -> 1536, bf16) against cuBLAS, with a tile sweep."""
+    from stonklib.fastgen import kernels as K
+
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(0)
+    hidden, inter, m = 1536, 8960, 16
+    w_gu = (torch.randn(2 * inter, hidden, device=dev, generator=g) * 0.02).to(dt)
+    w_d = (torch.randn(hidden, inter, device=dev, generator=g) * 0.02).to(dt)
+    x = torch.randn(m, hidden, device=dev, dtype=dt, generator=g)
+    h = torch.randn(m, hidden, device=dev, dtype=dt, generator=g)
+    act = (torch.randn(m, inter, device=dev, generator=g) * 0.1).to(dt)
+    mlp = K.SkinnyMLP(w_gu, w_d, m)
+    ref = K.skinny_mlp_reference(x, h, w_gu, w_d).float()
+    res = {"config": {k: list(v) for k, v in K.MLP_CONFIG.items()},
+           "max_abs_err": float((mlp(x, h).float() - ref).abs().max()), "ref_abs_max": float(ref.abs().max())}
+
+    def cublas_gate_up():
+        gate, up = F.linear(h, w_gu).chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    res["gate_up_us"] = time_call(lambda: mlp.gate_up(h), iters)
+    res["down_us"] = time_call(lambda: mlp.down(act, x), iters)
+    res["cublas_gate_up_silu_us"] = time_call(cublas_gate_up, iters)
+    res["cublas_down_us"] = time_call(lambda: x.clone().addmm_(act, w_d.t()), iters)
+    res["weight_mb"] = {"gate_up": w_gu.numel() * 2 / 1e6, "down": w_d.numel() * 2 / 1e6}
+    if sweep:
+        for name, grid in (
+            ("gate_up", itertools.product((32, 64, 128), (64, 128, 256), (1,), (4, 8), (3, 4))),
+            ("down", itertools.product((16, 32, 64), (128, 256), (1, 2, 4, 8), (4,), (3, 4))),
+        ):
+            rows = []
+            for c in grid:
+                run = functools.partial(mlp.gate_up, h, c) if name == "gate_up" else functools.partial(mlp.down, act, x, c)
+                try:
+                    rows.append({"us": time_call(run, max(30, iters // 4)), "config": list(c)})
+                except Exception as e:  # out of shared memory/registers for this tile: skip it
+                    print(f"  {name} {c}: {type(e).__name__}", flush=True)
+            rows.sort(key=lambda r: r["us"])
+            res[f"{name}_sweep"] = rows
+    return res
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iters", type=int, default=200)
@@ -168,6 +216,13 @@ def main(argv=None) -> dict:
         print("   ", row, flush=True)
     result["sampler"] = sampler_case(a.iters)
     print("sampler", json.dumps(result["sampler"]), flush=True)
+    result["mlp"] = mlp_case(a.iters, a.sweep)
+    print("mlp", json.dumps({k: v for k, v in result["mlp"].items() if not k.endswith("sweep")}), flush=True)
+    for name in ("gate_up", "down"):
+        for row in result["mlp"].get(f"{name}_sweep", [])[:5]:
+            print("   ", name, row, flush=True)
+        best1 = [r for r in result["mlp"].get(f"{name}_sweep", []) if r["config"][2] == 1][:1]
+        print("    best without split-K:", best1, flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{machine_name()}-decode_kernels.json").write_text(json.dumps(result, indent=2))

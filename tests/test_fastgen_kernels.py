@@ -123,3 +123,39 @@ def test_sampler_with_kernels_repeats_under_a_seed_and_advances_its_key(K):
     assert int(fs.state.seed) == key
     b = fs.sample(ids, mask, **kw)
     assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize(("gate_up", "down"), [
+    ((32, 64, 1, 4, 1), (16, 64, 1, 4, 1)),     # whole sums, residual fused into the store
+    ((64, 256, 1, 4, 1), (32, 128, 4, 4, 1)),   # split-K through the float32 workspace
+    ((64, 128, 1, 4, 1), (16, 64, 3, 4, 1)),    # uneven split of k
+])
+def test_skinny_mlp_matches_the_plain_decoder_mlp(K, rows, gate_up, down):
+    hidden, inter = 128, 320  # 320: partial column and k blocks
+    g = torch.Generator().manual_seed(rows)
+    w_gu, w_d = torch.randn(2 * inter, hidden, generator=g) * 0.05, torch.randn(hidden, inter, generator=g) * 0.05
+    x, h = torch.randn(rows, hidden, generator=g), torch.randn(rows, hidden, generator=g)
+    mlp = K.SkinnyMLP(w_gu, w_d, max_rows=16, config={"gate_up": gate_up, "down": down})
+    for _ in range(2):  # the split-K workspace is re-zeroed after each use
+        torch.testing.assert_close(mlp(x, h), K.skinny_mlp_reference(x, h, w_gu, w_d), rtol=1e-5, atol=1e-5)
+    assert not mlp.ws.any()
+    with pytest.raises(ValueError, match="split_k must be 1"):
+        mlp.gate_up(h, config=(32, 64, 2, 4, 1))
+    with pytest.raises(ValueError, match="exceed the workspace"):
+        K.SkinnyMLP(w_gu, w_d, max_rows=2)(x.repeat(3, 1)[:3], h.repeat(3, 1)[:3])
+
+
+@torch.no_grad()
+def test_decoder_uses_the_mlp_kernel_only_when_asked(K):
+    from stonklib.fastgen import FastSampler
+
+    model = tiny_model("llama", seed=8)
+    ids, mask = left_padded()
+    runs = {}
+    for name, kw in {"plain": dict(kernels=False), "attention": dict(kernels=True, mlp_kernel=False),
+                     "all": dict(kernels=True, mlp_kernel=True)}.items():
+        fs = FastSampler(model, TOK, max_batch=3, max_len=24, **kw)
+        assert (fs.decoder.mlps is not None) == (name == "all")
+        runs[name] = fs.sample(ids, mask, max_new_tokens=8, greedy=True)
+    assert torch.equal(runs["plain"], runs["attention"]) and torch.equal(runs["plain"], runs["all"])

@@ -44,17 +44,25 @@ class KVCache:
 
 class Decoder:
     """``kernels=True`` makes :meth:`decode` run each layer's attention (RoPE, cache write, attention) as
-    the Triton kernel of :mod:`stonklib.fastgen.kernels` (CUDA; on CPU only under Triton's interpreter)."""
+    the Triton kernel of :mod:`stonklib.fastgen.kernels` (CUDA; on CPU only under Triton's interpreter);
+    ``mlp_kernel=True`` also its MLP (:class:`~stonklib.fastgen.kernels.SkinnyMLP`, bias-free MLPs)."""
 
     def __init__(self, spec: ArchSpec, weights: DecoderWeights, cache: KVCache, compile: bool | str = False,
-                 kernels: bool = False):
+                 kernels: bool = False, mlp_kernel: bool = False):
         self.spec, self.w, self.cache = spec, weights, cache
         self.kernels = kernels
+        self.mlps = None
+        if kernels and mlp_kernel and all(lw.gate_up.bias is None and lw.down.bias is None for lw in weights.layers):
+            from stonklib.fastgen.kernels import SkinnyMLP
+
+            self.mlps = [SkinnyMLP(lw.gate_up.weight, lw.down.weight, cache.max_batch) for lw in weights.layers]
         self._pre, self._post, self._norm_qkv = _pre_attention, _post_attention, _norm_qkv
+        self._out_norm = _attention_out_norm
         if compile:  # fuse the elementwise work of each layer (one compiled graph serves every layer)
             mode = compile if isinstance(compile, str) else None  # e.g. "max-autotune-no-cudagraphs"
             self._pre = torch.compile(_pre_attention, fullgraph=True, dynamic=False, mode=mode)
             self._norm_qkv = torch.compile(_norm_qkv, fullgraph=True, dynamic=False, mode=mode)
+            self._out_norm = torch.compile(_attention_out_norm, fullgraph=True, dynamic=False, mode=mode)
             self._post = torch.compile(_post_attention_pure, fullgraph=True, dynamic=False, mode=mode)
         self.inv_freq = spec.inv_freq.to(weights.embed.device)
         self.scale = spec.head_dim ** -0.5
@@ -193,9 +201,20 @@ class Decoder:
             qkv = self._norm_qkv(x, lw.ln_attn, lw.qkv.weight, lw.qkv.bias, s.rms_eps)
             a = decode_attention(qkv, cos, sin, self.cache.k[li, :n], self.cache.v[li, :n], slot_valid, slot,
                                  s.n_heads, s.n_kv_heads, self.scale)
-            x = self._post(x, a, lw.o.weight, lw.o.bias, lw.ln_mlp, lw.gate_up.weight, lw.gate_up.bias,
-                           lw.down.weight, lw.down.bias, s.rms_eps)
+            if self.mlps is not None:
+                x, h = self._out_norm(x, a, lw.o.weight, lw.o.bias, lw.ln_mlp, s.rms_eps)
+                x = self.mlps[li](x, h)
+            else:
+                x = self._post(x, a, lw.o.weight, lw.o.bias, lw.ln_mlp, lw.gate_up.weight, lw.gate_up.bias,
+                               lw.down.weight, lw.down.bias, s.rms_eps)
         return self.logits(x)
+
+
+def _attention_out_norm(x: Tensor, a: Tensor, w_o: Tensor, b_o: Tensor | None, ln: Tensor,
+                        eps: float) -> tuple[Tensor, Tensor]:
+    """Output projection + residual, and the MLP's RMSNorm of the result (the MLP itself is a Triton kernel)."""
+    x = x + F.linear(a, w_o, b_o)
+    return x, F.rms_norm(x, (x.shape[-1],), ln, eps)
 
 
 def _norm_qkv(x: Tensor, ln: Tensor, w_qkv: Tensor, b_qkv: Tensor | None, eps: float) -> Tensor:

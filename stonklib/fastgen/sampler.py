@@ -127,14 +127,15 @@ class FastSampler:
     each layer's elementwise work in ``torch.compile`` (default: on for CUDA, off for CPU;
     ``STONKLIB_FASTGEN_COMPILE=0/1`` overrides). ``top_p_candidates`` is k of the sort-free top-p sampler.
     ``kernels`` (default: on for CUDA when Triton is installed; ``STONKLIB_FASTGEN_KERNELS=0`` turns it
-    off) runs each layer's attention and the top-p draw as the Triton kernels of
-    :mod:`stonklib.fastgen.kernels`.
+    off) runs each layer's attention and MLP, and the top-p draw, as the Triton kernels of
+    :mod:`stonklib.fastgen.kernels`; ``mlp_kernel=False`` (or ``STONKLIB_FASTGEN_MLP_KERNEL=0``)
+    keeps cuBLAS for the MLP, whose kernel sums split-K with atomics (not bit-reproducible).
     """
 
     def __init__(self, model, tokenizer, max_batch: int, max_len: int, *, dtype: torch.dtype | None = None,
                  cuda_graphs: bool | None = None, check_every: int = 16, eos_token_id: int | list[int] | None = None,
                  pad_token_id: int | None = None, dedup_prompts: bool = True, compile: bool | str | None = None,
-                 top_p_candidates: int = 8, kernels: bool | None = None):
+                 top_p_candidates: int = 8, kernels: bool | None = None, mlp_kernel: bool | None = None):
         lm = causal_lm(model)
         self.device = lm.get_input_embeddings().weight.device
         is_cuda = self.device.type == "cuda"
@@ -148,6 +149,9 @@ class FastSampler:
         if kernels is None:  # Triton decode kernels where they run (CUDA with Triton); the env var overrides
             kernels = is_cuda and os.environ.get("STONKLIB_FASTGEN_KERNELS", "1") != "0" and _kernels.available(self.device)
         self.kernels = kernels
+        if mlp_kernel is None:
+            mlp_kernel = os.environ.get("STONKLIB_FASTGEN_MLP_KERNEL", "1") != "0"
+        self.mlp_kernel = bool(kernels and mlp_kernel)
         self.compile = compile
         self.top_p_candidates = top_p_candidates
         self.eos = _eos_ids(tokenizer, eos_token_id)
@@ -163,7 +167,8 @@ class FastSampler:
         self.spec = ArchSpec.from_model(model)
         self.weights = DecoderWeights(model, self.dtype, self.device)
         self.cache = KVCache(self.spec, self.max_batch, self.max_len, self.dtype, self.device)
-        self.decoder = Decoder(self.spec, self.weights, self.cache, compile=self.compile, kernels=self.kernels)
+        self.decoder = Decoder(self.spec, self.weights, self.cache, compile=self.compile, kernels=self.kernels,
+                               mlp_kernel=self.mlp_kernel)
         self.state = _State(self.max_batch, self.max_len, self.device)
         self.eos_t = torch.tensor(self.eos or [-1], dtype=torch.long, device=self.device)
         self._graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
