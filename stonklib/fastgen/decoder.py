@@ -190,7 +190,8 @@ class Decoder:
         return self.logits(x)
 
     def _decode_kernels(self, tok: Tensor, pos: Tensor, slot: Tensor, slot_valid: Tensor) -> Tensor:
-        """:meth:`decode` with each layer's RoPE, cache write and attention as one Triton kernel pair."""
+        """:meth:`decode` with each layer's RoPE, cache write and attention as one Triton kernel pair, and
+        its MLP as :class:`~stonklib.fastgen.kernels.SkinnyMLP` when ``mlp_kernel`` was asked for."""
         from stonklib.fastgen.kernels import decode_attention
 
         s = self.spec

@@ -197,7 +197,8 @@ class FastSampler:
         graph = self._graph(n, greedy) if self.cuda_graphs else None
         clock.lap("capture_s")
 
-        st.seed.fill_(int(torch.randint(0, 2**62, (1,))))  # from torch's generator: torch.manual_seed repeats runs
+        if self.kernels:  # the Triton draw's key, from torch's generator: torch.manual_seed repeats runs
+            st.seed.fill_(int(torch.randint(0, 2**62, (1,))))
         st.temperature.fill_(temperature)
         st.top_p.fill_(top_p)
         st.min_new.fill_(min_new_tokens)
