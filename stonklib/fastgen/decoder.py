@@ -151,12 +151,8 @@ class Decoder:
 
     def attention_bias(self, slot: Tensor, slot_valid: Tensor) -> Tensor:
         """Additive mask [N*KVH, G, L] (0 or -inf) shared by every layer of one step."""
-        s = self.spec
-        n = slot_valid.shape[0]
-        visible = slot_valid & (self.slot_ids <= slot)
-        bias = torch.zeros(visible.shape, dtype=self.w.embed.dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
-        return bias[:, None, None, :].expand(n, s.n_kv_heads, s.n_heads // s.n_kv_heads, -1).reshape(
-            n * s.n_kv_heads, s.n_heads // s.n_kv_heads, -1)
+        return cache_bias(slot_valid & (self.slot_ids <= slot), self.spec.n_heads, self.spec.n_kv_heads,
+                          self.w.embed.dtype)
 
     def decode(self, tok: Tensor, pos: Tensor, slot: Tensor, slot_valid: Tensor) -> Tensor:
         """float32 logits [N, V] for one new token per row.
@@ -177,14 +173,7 @@ class Decoder:
         for li, lw in enumerate(self.w.layers):
             q, k, v = self._pre(x, lw.ln_attn, lw.qkv.weight, lw.qkv.bias, cos, sin, s.rms_eps,
                                      s.n_heads, s.n_kv_heads, s.head_dim)
-            kc, vc = self.cache.k[li, :n], self.cache.v[li, :n]  # [N, KVH, L, D]
-            kc.index_copy_(2, slot, k.unsqueeze(2))
-            vc.index_copy_(2, slot, v.unsqueeze(2))
-            groups = s.n_heads // s.n_kv_heads
-            q = q.reshape(n * s.n_kv_heads, groups, s.head_dim)  # the G query heads of a KV head share its keys
-            scores = torch.baddbmm(bias, q, kc.flatten(0, 1).transpose(1, 2), alpha=self.scale)  # [N*KVH, G, L]
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(vc.dtype)
-            a = torch.bmm(probs, vc.flatten(0, 1)).view(n, -1)
+            a = attend_static_cache(q, k, v, self.cache.k[li, :n], self.cache.v[li, :n], slot, bias, self.scale)
             x = self._post(x, a, lw.o.weight, lw.o.bias, lw.ln_mlp, lw.gate_up.weight, lw.gate_up.bias,
                                 lw.down.weight, lw.down.bias, s.rms_eps)
         return self.logits(x)
@@ -223,18 +212,46 @@ def _norm_qkv(x: Tensor, ln: Tensor, w_qkv: Tensor, b_qkv: Tensor | None, eps: f
     return F.linear(F.rms_norm(x, (x.shape[-1],), ln, eps), w_qkv, b_qkv)
 
 
-def _pre_attention(x: Tensor, ln: Tensor, w_qkv: Tensor, b_qkv: Tensor | None, cos: Tensor, sin: Tensor, eps: float,
-                   n_heads: int, n_kv: int, head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
-    """RMSNorm, fused q|k|v projection, RoPE on q and k together. x [N, hidden] -> q [N, H, D], k/v [N, KVH, D]."""
-    h = F.rms_norm(x, (x.shape[-1],), ln, eps)
-    qkv = F.linear(h, w_qkv, b_qkv)
-    n = x.shape[0]
+def cache_bias(visible: Tensor, n_heads: int, n_kv: int, dtype: torch.dtype) -> Tensor:
+    """Additive attention mask [N*KVH, G, L] (0 or -inf) from the visible cache slots [N, L]."""
+    n, g = visible.shape[0], n_heads // n_kv
+    bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
+    return bias[:, None, None, :].expand(n, n_kv, g, -1).reshape(n * n_kv, g, -1)
+
+
+def attend_static_cache(q: Tensor, k: Tensor, v: Tensor, kc: Tensor, vc: Tensor, slot: Tensor, bias: Tensor,
+                        scale: float) -> Tensor:
+    """The plain decoder's attention for one new token per row, [N, H*D].
+
+    Writes k/v [N, KVH, D] into cache slot ``slot`` of kc/vc [N, KVH, L, D], then attends q [N, H, D]
+    over the cache with :func:`cache_bias`'s mask: the G query heads of a KV head share its keys,
+    so scores are one batched matmul [N*KVH, G, L], softmax in float32.
+    """
+    n, n_kv, _, d = kc.shape
+    kc.index_copy_(2, slot, k.unsqueeze(2))
+    vc.index_copy_(2, slot, v.unsqueeze(2))
+    scores = torch.baddbmm(bias, q.reshape(n * n_kv, -1, d), kc.flatten(0, 1).transpose(1, 2), alpha=scale)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(vc.dtype)
+    return torch.bmm(probs, vc.flatten(0, 1)).view(n, -1)
+
+
+def rope_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, n_heads: int, n_kv: int,
+             head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """q [N, H, D], k/v [N, KVH, D] from the fused projection [N, (H + 2*KVH) * D], RoPE on q and k together
+    (``cos``/``sin`` from :meth:`Decoder.rope_step`)."""
+    n = qkv.shape[0]
     qk = qkv[:, : (n_heads + n_kv) * head_dim].view(n, n_heads + n_kv, head_dim)
     v = qkv[:, (n_heads + n_kv) * head_dim:].view(n, n_kv, head_dim)
     half = head_dim // 2
     swapped = torch.cat([qk[..., half:], qk[..., :half]], dim=-1)
     qk = torch.addcmul(qk * cos, swapped, sin)
     return qk[:, :n_heads], qk[:, n_heads:], v
+
+
+def _pre_attention(x: Tensor, ln: Tensor, w_qkv: Tensor, b_qkv: Tensor | None, cos: Tensor, sin: Tensor, eps: float,
+                   n_heads: int, n_kv: int, head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """RMSNorm, fused q|k|v projection, RoPE on q and k together. x [N, hidden] -> q [N, H, D], k/v [N, KVH, D]."""
+    return rope_qkv(_norm_qkv(x, ln, w_qkv, b_qkv, eps), cos, sin, n_heads, n_kv, head_dim)
 
 
 def _post_attention(x: Tensor, a: Tensor, w_o: Tensor, b_o: Tensor | None, ln: Tensor, w_gu: Tensor,

@@ -30,14 +30,10 @@ import os
 
 import torch
 
+from stonklib.fastgen.kernels._triton import triton
 from stonklib.fastgen.kernels.attention import ATTENTION_CONFIG, decode_attention, decode_attention_reference
 from stonklib.fastgen.kernels.mlp import MLP_CONFIG, SkinnyMLP, skinny_mlp_reference
 from stonklib.fastgen.kernels.topp import sample_top_p
-
-try:
-    import triton
-except ImportError:  # pragma: no cover - exercised where Triton is absent
-    triton = None
 
 __all__ = ["ATTENTION_CONFIG", "MLP_CONFIG", "SkinnyMLP", "available", "decode_attention", "decode_attention_reference",
            "sample_top_p", "skinny_mlp_reference"]

@@ -5,12 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-try:  # optional: only the CUDA fast path needs it
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised where Triton is absent
-    triton = None
-
+from stonklib.fastgen.kernels._triton import tl, triton
 
 if triton is not None:
 
