@@ -33,7 +33,9 @@ What is compared, and how:
   optimizer).
 - "ours" is the trainer as configured by default: FastSampler (CUDA graphs on GPU, eager on CPU)
   and :func:`stonklib.fastgen.logprobs.shared_prefix_logprobs` (each group's prompt computed once
-  in the update). Ablations (``--systems``): ``ours_fast`` / ``ours_hf`` force the sampler; a
+  in the update) over dense base weights (:mod:`stonklib.fastgen.update`, ``dense_update``).
+  Ablations (``--systems``): ``ours_fast`` / ``ours_hf`` force the sampler; a ``_modules`` suffix
+  runs the update's passes through the PEFT/bitsandbytes modules (``dense_update=False``); a
   ``_full`` suffix computes the update's log-probs with the full forward
   (``shared_prefix_logprobs=False``), e.g. ``ours_hf_full`` is the simple reference path.
 - FastSampler ``torch.compile``s its per-layer work on CUDA; ``STONKLIB_FASTGEN_COMPILE=0`` turns it off.
@@ -207,9 +209,11 @@ def _summary(times: list[float], warmup: int, tokens: int, peak: float | None, c
 
 
 # ---------------------------------------------------------------------- ours
-def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[Example], work: Path,
-             sampler_kind: str = "auto", shared_prefix: bool = True) -> dict:
-    """stonklib's trainer step; ``shared_prefix=False`` is the full-forward log-prob ablation."""
+def build_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[Example], work: Path,
+               sampler_kind: str = "auto", shared_prefix: bool = True, **cfg_overrides):
+    """stonklib's trainer as ``stonk train`` builds it, and the encoded prompts: (trainer, ids, mask, runlog).
+
+    ``cfg_overrides`` are further :class:`~stonklib.config.TrainConfig` fields (ablations)."""
     from stonklib.config import TrainConfig
     from stonklib.launch import make_sampler
     from stonklib.models import add_lora, load_base_model, load_policy, pick_device
@@ -224,7 +228,8 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
                       lora_target_modules=LORA["target_modules"], device=device.type, batch_size=B, num_generations=G,
                       max_new_tokens=C, min_new_tokens=C, temperature=TEMPERATURE, top_p=TOP_P, kl_coef=BETA, lr=LR,
                       max_prompt_tokens=shape.prompt_tokens or 1024, max_steps=a.warmup + a.steps + 1,
-                      gradient_checkpointing=True, tensorboard=False, seed=a.seed, shared_prefix_logprobs=shared_prefix)
+                      gradient_checkpointing=True, tensorboard=False, seed=a.seed, shared_prefix_logprobs=shared_prefix,
+                      **cfg_overrides)
     torch.manual_seed(a.seed)
     device_map = {"": device.index or 0} if device.type == "cuda" else None
     if (model_dir / WORDLEVEL).is_dir():  # load_policy, with the synthetic model's tokenizer
@@ -249,6 +254,16 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     ids, mask = encode_prompts(tok, texts, device)
     if shape.prompt_tokens is not None:
         assert ids.shape == (B, shape.prompt_tokens) and bool(mask.all()), f"prompts are {tuple(ids.shape)}"
+    return trainer, ids, mask, log
+
+
+def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[Example], work: Path,
+             sampler_kind: str = "auto", shared_prefix: bool = True, dense_update: bool = True) -> dict:
+    """stonklib's trainer step; ``shared_prefix=False`` / ``dense_update=False`` are the ablations."""
+    trainer, ids, mask, log = build_ours(a, shape, model_dir, texts, examples, work, sampler_kind, shared_prefix,
+                                         dense_update=dense_update)
+    sampler, device = trainer.sampler, trainer.device
+    B, G, C = shape.prompts, shape.generations, shape.completion_tokens
 
     times, cpu_times, parts = [], [], []
     _reset_peak()
@@ -265,13 +280,13 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     peak = _peak_gib()
     out = _summary(times, a.warmup, B * G * C, peak, cpu_times)
     out["sampler"] = type(sampler).__name__
-    out["logprobs"] = "shared_prefix_logprobs" if shared_prefix else "completion_logprobs (full forward, ablation)"
+    out["logprobs"] = trainer.logprobs.__name__
     out["trainer_timings"] = parts
     out["profile"] = profile_ours_step(trainer, ids, mask, examples)
     if getattr(a, "op_profile", False) and device.type == "cuda":
         out["op_profile"] = op_profile(trainer.step, ids, mask, examples)
     log.close()
-    del trainer, sampler, policy
+    del trainer, sampler
     _free()
     return out
 
@@ -427,7 +442,8 @@ def parse_args(argv=None):
     p.add_argument("--shape", choices=sorted(SHAPES), default="seed")
     p.add_argument("--systems", default="ours,trl",
                    help="Comma list of: ours, trl, ours_fast (FastSampler forced), ours_hf (HFSampler forced); "
-                        "a _full suffix (ours_full, ours_hf_full) computes log-probs with the full forward (ablation).")
+                        "a _modules suffix runs the update through the PEFT/NF4 modules (dense_update=False); "
+                        "a _full suffix (ours_full, ours_hf_full) computes log-probs with the full forward (ablations).")
     p.add_argument("--steps", type=int, default=3, help="Timed optimizer steps per system.")
     p.add_argument("--warmup", type=int, default=1, help="Untimed steps first (CUDA graph capture, allocator).")
     p.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
@@ -475,9 +491,10 @@ def main(argv=None) -> dict:
             elif system.startswith("ours"):
                 kind = "fast" if "_fast" in system else "hf" if "_hf" in system else "auto"
                 result["systems"][system] = run_ours(a, shape, model_dir, texts, examples, work, kind,
-                                                     shared_prefix="_full" not in system)
+                                                     shared_prefix="_full" not in system,
+                                                     dense_update="_modules" not in system)
             else:
-                raise SystemExit(f"unknown system {system!r}: use trl, ours, ours_fast, ours_hf (+ _full).")
+                raise SystemExit(f"unknown system {system!r}: use trl, ours, ours_fast, ours_hf (+ _modules, _full).")
     trl = result["systems"].get("trl")
     for name, r in result["systems"].items():
         if trl and name != "trl":

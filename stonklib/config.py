@@ -103,6 +103,7 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass (needed for 1.5B models on an 8 GiB budget).")
     fast_sampler: bool = _f(True, "Sample with stonklib.fastgen's decoder (bf16 + CUDA graphs on GPU, float32 eager on CPU); architectures it does not implement fall back to HF generate.")
     shared_prefix_logprobs: bool = _f(True, "Run each group's prompt through the network once in the log-prob passes (stonklib.fastgen.logprobs); architectures it does not implement fall back to the full forward.")
+    dense_update: bool = _f(True, "Run the update's log-prob passes over dense base weights with the LoRA applied unmerged (stonklib.fastgen.update; no NF4 dequantisation or PEFT module calls per pass). Used with shared_prefix_logprobs when the weights are dense already or FastSampler can lend its copy.")
     # --- data
     data: str | None = _f(None, "A built data directory (stonk data build); default: the bundled S&P 500 data, built on first use.")
     natural_distribution: bool = _f(True, "Sample prompts from the natural up/down mix (Stage II). --balanced turns it off (Stage I).")

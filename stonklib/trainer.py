@@ -11,8 +11,10 @@ optimisation epoch per batch (μ = 1):
    with the LoRA adapter disabled, no copy); with μ = 1 the "old" log-probs equal the
    current ones detached, so the ratio is 1 in value but carries the gradient. For
    Llama/Qwen2 models each group's prompt goes through the network once
-   (:func:`stonklib.fastgen.logprobs.shared_prefix_logprobs`, ``shared_prefix_logprobs``);
-   other architectures use the full forward (:func:`stonklib.rollout.completion_logprobs`);
+   (:func:`stonklib.fastgen.logprobs.shared_prefix_logprobs`, ``shared_prefix_logprobs``), by
+   default over dense base weights with the LoRA applied unmerged
+   (:class:`stonklib.fastgen.update.DenseLogprobs`, ``dense_update``); other architectures use
+   the full forward (:func:`stonklib.rollout.completion_logprobs`);
 6. :func:`stonklib.grpo.grpo_loss` (clipped surrogate + β·k3 KL), backward with
    gradient accumulation, clip the norm, AdamW, LR schedule.
 
@@ -103,7 +105,8 @@ class GRPOTrainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.scheduler = _make_scheduler(cfg, self.optimizer, self.total_steps)
         self.sampler = sampler or HFSampler(policy, tokenizer)
-        self.logprobs = pick_logprobs(policy, shared_prefix=cfg.shared_prefix_logprobs)
+        self.logprobs = pick_logprobs(policy, shared_prefix=cfg.shared_prefix_logprobs, dense=cfg.dense_update,
+                                      sampler_weights=getattr(self.sampler, "weights", None))
         self.forward = _PolicyLogprobs(policy, self.logprobs)
         if dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -155,7 +155,7 @@ def test_run_training_writes_every_output(tiny_model_dir, small_data, tmp_path):
     assert market["actual_up"] + market["actual_down"] == len(rows)
     log = (out / "training.log").read_text()
     assert "config" in log and "system" in log and "HF_TOKEN" not in log
-    assert "update log-probs with shared_prefix_logprobs" in log and "sampling with FastSampler" in log
+    assert "update log-probs with dense_shared_prefix_logprobs" in log and "sampling with FastSampler" in log
     val = [r for r in read_jsonl(out / "train_metrics.jsonl") if "val/reward" in r]
     assert [r["step"] for r in val] == [0, 2, 4]  # eval_at_start adds the untrained baseline
     assert all(0.0 <= r["val/format_rate"] <= 1.0 and 0.0 <= r["val/parse_rate"] <= 1.0 for r in val)
@@ -233,7 +233,7 @@ class _Replay:
 
 
 def test_fast_path_matches_the_reference_path_after_three_steps(tiny_model_dir, tmp_path, make_example):
-    """FastSampler + shared-prefix log-probs vs HF-style full-forward log-probs, on the same completions.
+    """FastSampler + dense shared-prefix log-probs vs HF-style full-forward log-probs, on the same completions.
 
     The fast path samples (its own random stream, so the reference replays its completions);
     both start from the same LoRA init and take 3 AdamW steps with KL on. Stated tolerance:
@@ -251,7 +251,7 @@ def test_fast_path_matches_the_reference_path_after_three_steps(tiny_model_dir, 
         sampler = sampler_for(policy, tok)
         trainer = GRPOTrainer(cfg, policy, tok, [make_example()], [], sampler=sampler,
                               reward_fn=lambda t, e: _toy_breakdown(float(len(t) % 5), t))
-        assert trainer.logprobs.__name__ == ("shared_prefix_logprobs" if fast else "completion_logprobs")
+        assert trainer.logprobs.__name__ == ("dense_shared_prefix_logprobs" if fast else "completion_logprobs")
         ids, mask = encode_prompts(tok, ["Predict the stock", "Hello there, tell me"], torch.device("cpu"))
         steps = []
         for step in range(3):

@@ -8,10 +8,12 @@ times. Here the prompts go through the network once (``B x P`` tokens) and the c
 each prompt position is the sum over its ``G`` rows, exactly as in the full forward. At 512-token
 prompts and 256-token completions with G = 4 that is half the tokens; with G = 8, 2.4x fewer.
 
-It runs the model's own modules (norms, q/k/v/o projections with their LoRA and NF4 layers, the
-MLP, the rotary embedding), so ``model.disable_adapter()`` gives the reference policy as usual. Only
-the attention core is written here (SDPA over prompt + completion keys). With gradient
-checkpointing on (and autograd active) each layer is checkpointed.
+Each layer is run by a ``blocks`` object around the attention core written here
+(:func:`attend_shared_prefix`: RoPE, SDPA over prompt + completion keys): :class:`ModuleBlocks`
+runs the model's own modules (norms, q/k/v/o projections with their LoRA and NF4 layers, the MLP),
+:class:`stonklib.fastgen.update.DenseBlocks` the same layer over dense base weights. Either way
+``model.disable_adapter()`` gives the reference policy. With gradient checkpointing on (and
+autograd active) each layer is checkpointed. :func:`pick_logprobs` chooses what the trainer runs.
 
 One difference from the full forward, in training mode only: LoRA dropout draws one mask per
 prompt token, shared by the group's rows, instead of one per row.
@@ -26,20 +28,38 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from stonklib.fastgen.weights import ArchSpec, UnsupportedModelError, causal_lm
+from stonklib.fastgen.weights import ArchSpec, DecoderWeights, UnsupportedModelError, causal_lm
 from stonklib.grpo import logprobs_from_hidden
 from stonklib.rollout import completion_logprobs
 
 
-def pick_logprobs(model, shared_prefix: bool = True) -> Callable[..., Tensor]:
-    """:func:`shared_prefix_logprobs` when asked for and the architecture is implemented, else the full forward."""
-    if shared_prefix:
+def pick_logprobs(model, shared_prefix: bool = True, dense: bool = False,
+                  sampler_weights: DecoderWeights | None = None) -> Callable[..., Tensor]:
+    """The update's log-prob function: the full forward, :func:`shared_prefix_logprobs`, or its dense variant.
+
+    ``shared_prefix`` asks for :func:`shared_prefix_logprobs` (architectures it does not implement get
+    the full forward); ``dense`` for :class:`~stonklib.fastgen.update.DenseLogprobs` on top of it, which
+    is used when it costs little memory: the base weights are dense already (no quantisation), or
+    ``sampler_weights`` (FastSampler's dense copy) can lend the adapter-free projections.
+    """
+    if not shared_prefix:
+        return completion_logprobs
+    try:
+        ArchSpec.from_model(model)
+    except UnsupportedModelError:
+        return completion_logprobs
+    if dense and (sampler_weights is not None or not _quantized(model)):
+        from stonklib.fastgen.update import DenseLogprobs
+
         try:
-            ArchSpec.from_model(model)
-            return shared_prefix_logprobs
+            return DenseLogprobs(model, sampler_weights)
         except UnsupportedModelError:
             pass
-    return completion_logprobs
+    return shared_prefix_logprobs
+
+
+def _quantized(model) -> bool:
+    return any(getattr(p, "quant_state", None) is not None for p in causal_lm(model).parameters())
 
 
 def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
@@ -60,12 +80,57 @@ def _repeat_kv(x: Tensor, groups: int) -> Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
+def attend_shared_prefix(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, rows: Tensor, mask_p: Tensor,
+                         mask_c: Tensor, n_heads: int, n_kv: int, head_dim: int) -> Tensor:
+    """RoPE and attention of one layer over the flat stream (prompts once, then completions).
+
+    ``q``/``k``/``v`` are [..., T, heads * D] (T = U*P + N*C), ``cos``/``sin`` [T, 1, D], ``rows`` [N]
+    each completion's prompt, ``mask_p`` [U, 1, P, P] and ``mask_c`` [N, 1, C, P + C] the boolean
+    masks (their shapes give U, P, N, C). Returns the attention output [T, n_heads * D].
+    """
+    u, P, n, C = mask_p.shape[0], mask_p.shape[2], mask_c.shape[0], mask_c.shape[2]
+    Tp, D, g = u * P, head_dim, n_heads // n_kv
+    q = _rotate(q.reshape(-1, n_heads, D), cos, sin)
+    k = _rotate(k.reshape(-1, n_kv, D), cos, sin)
+    v = v.reshape(-1, n_kv, D)
+
+    def split(t: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+        """[T, heads, D] -> prompt [U, heads, P, D], completion [N, heads, C, D]."""
+        return t[:Tp].view(u, P, heads, D).transpose(1, 2), t[Tp:].view(n, C, heads, D).transpose(1, 2)
+
+    (qp, qc), (kp, kc), (vp, vc) = split(q, n_heads), split(k, n_kv), split(v, n_kv)
+    scale = D ** -0.5
+    ap = F.scaled_dot_product_attention(qp, _repeat_kv(kp, g), _repeat_kv(vp, g), attn_mask=mask_p, scale=scale)
+    k_all, v_all = torch.cat([kp[rows], kc], dim=2), torch.cat([vp[rows], vc], dim=2)
+    ac = F.scaled_dot_product_attention(qc, _repeat_kv(k_all, g), _repeat_kv(v_all, g), attn_mask=mask_c, scale=scale)
+    return torch.cat([ap.transpose(1, 2).reshape(Tp, -1), ac.transpose(1, 2).reshape(n * C, -1)])
+
+
+class ModuleBlocks:
+    """One layer run by the model's own modules (PEFT LoRA, bitsandbytes NF4), attention core aside."""
+
+    def layer(self, index: int, layer, x: Tensor, cos: Tensor, sin: Tensor, rows: Tensor, mask_p: Tensor,
+              mask_c: Tensor, spec: ArchSpec) -> Tensor:
+        """The layer's output [1, T, hidden] for its input ``x`` [1, T, hidden] (see :func:`attend_shared_prefix`)."""
+        att = layer.self_attn
+        h = layer.input_layernorm(x)
+        a = attend_shared_prefix(att.q_proj(h), att.k_proj(h), att.v_proj(h), cos, sin, rows, mask_p, mask_c,
+                                 spec.n_heads, spec.n_kv_heads, spec.head_dim)
+        x = x + att.o_proj(a[None])
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+MODULE_BLOCKS = ModuleBlocks()
+
+
 def shared_prefix_logprobs(model, input_ids: Tensor, attention_mask: Tensor, n_completion: int,
-                           temperature: float = 1.0, chunk_tokens: int = 1024) -> Tensor:
+                           temperature: float = 1.0, chunk_tokens: int = 1024, blocks=MODULE_BLOCKS) -> Tensor:
     """Per-token log-probs [N, n_completion] (float32) of the last ``n_completion`` tokens of each row.
 
     Same contract as :func:`stonklib.rollout.completion_logprobs`: prompts left-padded, positions
     ``cumsum(mask) - 1``, logits divided by ``temperature``, gradients flow outside ``torch.no_grad``.
+    ``blocks`` runs each layer (:class:`ModuleBlocks`: the model's modules;
+    :class:`stonklib.fastgen.update.DenseBlocks`: dense base weights plus the LoRA parameters).
     """
     lm = causal_lm(model)
     spec = ArchSpec.from_model(model)  # checks the architecture is one we implement
@@ -95,32 +160,14 @@ def shared_prefix_logprobs(model, input_ids: Tensor, attention_mask: Tensor, n_c
     causal_c = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
     # Completion queries see the valid prompt keys (never none) and the valid completion keys up to themselves.
     mask_c = torch.cat([pm[rows][:, None, :].expand(n, C, P), causal_c & cm[:, None, :]], dim=2)[:, None]
-    H, KVH, D = spec.n_heads, spec.n_kv_heads, spec.head_dim
-    g, scale = H // KVH, D ** -0.5
 
-    def split(t: Tensor, heads: int) -> tuple[Tensor, Tensor]:
-        """[1, T, heads*D] -> prompt [U, heads, P, D], completion [N, heads, C, D]."""
-        t = t.view(-1, heads, D)
-        return (t[:Tp].view(u, P, heads, D).transpose(1, 2), t[Tp:].view(n, C, heads, D).transpose(1, 2))
-
-    def layer_fn(layer, x: Tensor) -> Tensor:
-        att = layer.self_attn
-        h = layer.input_layernorm(x)
-        q = _rotate(att.q_proj(h).view(-1, H, D), cos, sin)
-        k = _rotate(att.k_proj(h).view(-1, KVH, D), cos, sin)
-        (qp, qc), (kp, kc), (vp, vc) = split(q, H), split(k, KVH), split(att.v_proj(h), KVH)
-        ap = F.scaled_dot_product_attention(qp, _repeat_kv(kp, g), _repeat_kv(vp, g), attn_mask=mask_p, scale=scale)
-        k_all, v_all = torch.cat([kp[rows], kc], dim=2), torch.cat([vp[rows], vc], dim=2)
-        ac = F.scaled_dot_product_attention(qc, _repeat_kv(k_all, g), _repeat_kv(v_all, g), attn_mask=mask_c,
-                                            scale=scale)
-        a = torch.cat([ap.transpose(1, 2).reshape(Tp, -1), ac.transpose(1, 2).reshape(n * C, -1)])[None]
-        x = x + att.o_proj(a)
-        return x + layer.mlp(layer.post_attention_layernorm(x))
+    def layer_fn(index: int, layer, x: Tensor) -> Tensor:
+        return blocks.layer(index, layer, x, cos, sin, rows, mask_p, mask_c, spec)
 
     ckpt = lm.training and torch.is_grad_enabled() and any(
         getattr(layer, "gradient_checkpointing", False) for layer in body.layers)
-    for layer in body.layers:
-        x = checkpoint(layer_fn, layer, x, use_reentrant=False) if ckpt else layer_fn(layer, x)
+    for i, layer in enumerate(body.layers):
+        x = checkpoint(layer_fn, i, layer, x, use_reentrant=False) if ckpt else layer_fn(i, layer, x)
     x = x[0]
     xp, xc = x[:Tp].view(u, P, -1), x[Tp:].view(n, C, -1)
     # The last prompt position predicts completion token 0; completion position t predicts t + 1.

@@ -1,0 +1,210 @@
+"""Where the GRPO update's time goes, and what the dense update path changes (GPU; runs on CPU too).
+
+Run (from the repository root)::
+
+    python benchmarks/update_profile.py --shape seed --model_dir /tmp/qwen15b --variants modules,dense
+
+For each variant the trainer is built as ``grpo_throughput.py`` builds "ours" (same model, shapes,
+NF4 + LoRA, KL, gradient checkpointing); ``modules`` runs the update's log-prob passes through the
+model's PEFT/bitsandbytes modules (``dense_update=False``), ``dense`` over dense base weights
+(``dense_update=True``, :mod:`stonklib.fastgen.update`), ``dense_compiled`` the same with its
+elementwise work under ``torch.compile`` (``STONKLIB_UPDATE_COMPILE=1``). After ``--warmup`` full steps, the last
+step's rollout is kept and the update alone (reference pass, policy pass, loss, backward with
+checkpoint recompute, clip, AdamW) is run on it:
+
+- ``update_s_median``: wall time of ``--repeats`` updates, synchronised;
+- ``parts``: one more update with synchronised timers around the reference pass, the policy pass
+  and the rest (loss, backward, clip, optimizer);
+- ``kernel_ms`` / ``kernels``: CUDA kernel time and kernel count of one update (``torch.profiler``);
+  wall minus kernel time is what the GPU spent waiting for the host;
+- ``peak_mem_gib``: peak allocated memory over the updates (weights and the sampler's copy included);
+- ``check`` (dense variants): the dense path against the module path on the same rollout with dropout
+  off: max abs difference of the completion log-probs and the relative L2 difference of the LoRA
+  gradients (bf16 rounding is expected).
+
+Writes ``<out>/<machine>-update_profile-<shape>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+import grpo_throughput as gt  # noqa: E402
+
+# name: (TrainConfig overrides, environment)
+VARIANTS = {"modules": ({"dense_update": False}, {}),
+            "dense": ({"dense_update": True}, {"STONKLIB_UPDATE_COMPILE": "0"}),
+            "dense_compiled": ({"dense_update": True}, {"STONKLIB_UPDATE_COMPILE": "1"})}
+
+
+def capture_update_inputs(trainer, ids, mask, examples, warmup: int):
+    """Run ``warmup`` full steps; return the last step's (rollout, advantages) as the update received them."""
+    kept = {}
+    orig = trainer._update
+
+    def spy(roll, adv):
+        kept["args"] = (roll, adv)
+        return orig(roll, adv)
+
+    trainer._update = spy
+    try:
+        for i in range(warmup):
+            gt._sync()
+            t0 = time.perf_counter()
+            trainer.step(ids, mask, examples)
+            gt._sync()
+            print(f"  warm-up step {i}: {time.perf_counter() - t0:.3f} s", flush=True)
+    finally:
+        trainer._update = orig
+    return kept["args"]
+
+
+def timed_parts(trainer, roll, adv) -> dict:
+    """One update with synchronised timers around the reference and policy passes."""
+    acc = {"ref_s": 0.0, "policy_s": 0.0}
+    orig = trainer.logprobs
+
+    def wrapper(*args, **kw):
+        gt._sync()
+        t0 = time.perf_counter()
+        r = orig(*args, **kw)
+        gt._sync()
+        acc["policy_s" if torch.is_grad_enabled() else "ref_s"] += time.perf_counter() - t0
+        return r
+
+    trainer.logprobs = trainer.forward.fn = wrapper
+    try:
+        gt._sync()
+        t0 = time.perf_counter()
+        trainer._update(roll, adv)
+        gt._sync()
+        total = time.perf_counter() - t0
+    finally:
+        trainer.logprobs = trainer.forward.fn = orig
+    return {"update_s": total, **acc, "loss_backward_clip_optimizer_s": total - acc["ref_s"] - acc["policy_s"]}
+
+
+def kernel_profile(trainer, roll, adv, top: int = 25) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    if not torch.cuda.is_available():
+        return {}
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        trainer._update(roll, adv)
+        gt._sync()
+    rows = [{"kernel": e.key[:120], "ms": (getattr(e, "device_time_total", 0) or 0) / 1e3, "calls": e.count}
+            for e in prof.key_averages()]
+    rows = sorted((r for r in rows if r["ms"] > 0), key=lambda r: -r["ms"])
+    return {"kernel_ms": sum(r["ms"] for r in rows), "kernels": sum(r["calls"] for r in rows), "top": rows[:top]}
+
+
+def dense_check(trainer, roll) -> dict:
+    """Dense vs module log-probs and LoRA gradients on one rollout, dropout off (policy in eval mode)."""
+    from stonklib.fastgen.logprobs import shared_prefix_logprobs
+
+    policy, C, T = trainer.policy, roll.completion_ids.shape[1], trainer.cfg.temperature
+    keep = roll.completion_mask.bool()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    policy.eval()
+    out = {}
+    try:
+        res = {}
+        for name, fn in (("dense", trainer.logprobs), ("modules", shared_prefix_logprobs)):
+            lp = fn(policy, roll.input_ids, roll.attention_mask, C, T)
+            grads = torch.autograd.grad((lp * roll.completion_mask).sum(), params)
+            res[name] = (lp.detach()[keep], torch.cat([g.flatten().float() for g in grads]))
+        (a, ga), (b, gb) = res["dense"], res["modules"]
+        out = {"logp_max_abs_diff": float((a - b).abs().max()), "logp_mean_abs": float(b.abs().mean()),
+               "grad_rel_l2_diff": float((ga - gb).norm() / gb.norm())}
+    finally:
+        policy.train()
+    return out
+
+
+def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
+    overrides, env = VARIANTS[name]
+    os.environ.update(env)
+    trainer, ids, mask, log = gt.build_ours(a, shape, model_dir, texts, examples, work / name, **overrides)
+    print(f"== {name}: update log-probs with {trainer.logprobs.__name__}", flush=True)
+    roll, adv = capture_update_inputs(trainer, ids, mask, examples, a.warmup)
+    gt._reset_peak()
+    times = []
+    for _ in range(a.repeats):
+        gt._sync()
+        t0 = time.perf_counter()
+        trainer._update(roll, adv)
+        gt._sync()
+        times.append(time.perf_counter() - t0)
+    out = {"logprobs": trainer.logprobs.__name__, "update_s_median": statistics.median(times), "update_s_all": times,
+           "peak_mem_gib": gt._peak_gib(), "parts": timed_parts(trainer, roll, adv)}
+    out |= kernel_profile(trainer, roll, adv)
+    if name.startswith("dense"):
+        out["check"] = dense_check(trainer, roll)
+    if hasattr(trainer.logprobs, "blocks"):
+        out["dense_extra_gib"] = trainer.logprobs.blocks.extra_bytes() / 2**30
+    print(f"   update {out['update_s_median']:.3f} s, parts {out['parts']}, kernels "
+          f"{out.get('kernel_ms', 0):.1f} ms in {out.get('kernels', 0)}, peak {out['peak_mem_gib']}, "
+          f"check {out.get('check')}", flush=True)
+    log.close()
+    del trainer
+    gt._free()
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", choices=sorted(gt.SHAPES), default="seed")
+    p.add_argument("--variants", default="modules,dense", help=f"Comma list of {', '.join(VARIANTS)}.")
+    p.add_argument("--warmup", type=int, default=2, help="Full steps before the update is timed.")
+    p.add_argument("--repeats", type=int, default=5, help="Timed updates per variant.")
+    p.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model_dir", default=None)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--machine", default=None)
+    a = p.parse_args(argv)
+    a.steps = 0  # build_ours sizes max_steps from warmup + steps
+    shape = gt.SHAPES[a.shape]
+    a.quantize = a.shape in ("seed", "large") if a.quantize is None else a.quantize
+    a.device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    result = {"machine": a.machine or gt.machine_name(), "shape": a.shape, "shape_spec": vars(shape),
+              "quantize": a.quantize, "warmup": a.warmup, "repeats": a.repeats, "versions": gt._versions(),
+              "device": torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu", "variants": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = gt.random_model_dir(Path(a.model_dir) if a.model_dir else work / "model", tiny=a.shape == "tiny")
+        if shape.model == "smollm2":
+            from stonklib import paths
+
+            model_dir = Path(a.model_dir or paths.EMBEDDED_MODEL)
+        tok = gt.load_tokenizer(model_dir)
+        examples = gt.synthetic_examples(shape.prompts, a.seed)
+        texts = gt.prompt_texts(shape, tok, examples, a.seed)
+        for name in [v.strip() for v in a.variants.split(",") if v.strip()]:
+            if name not in VARIANTS:
+                raise SystemExit(f"unknown variant {name!r}: use {', '.join(VARIANTS)}.")
+            result["variants"][name] = run_variant(a, shape, model_dir, texts, examples, work, name)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{result['machine']}-update_profile-{a.shape}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print("wrote", path)
+    return result
+
+
+if __name__ == "__main__":
+    main()
