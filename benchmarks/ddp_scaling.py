@@ -32,7 +32,7 @@ import torch
 import torch.distributed as torch_dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpo_throughput import (  # noqa: E402
+from bench_common import (  # noqa: E402
     BETA,
     LORA,
     LR,

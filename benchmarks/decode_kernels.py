@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from grpo_throughput import machine_name  # noqa: E402
+from bench_common import machine_name  # noqa: E402
 
 
 def time_call(fn, iters: int) -> float:

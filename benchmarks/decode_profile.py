@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from grpo_throughput import LORA, load_tokenizer, machine_name, random_model_dir  # noqa: E402
+from bench_common import LORA, load_tokenizer, machine_name, random_model_dir  # noqa: E402
 
 VARIANTS = ("baseline", "kernels", "kernels_no_mlp", "eager", "sdpa", "layer_compile", "step_compile", "step_compile_sdpa")
 

@@ -46,166 +46,41 @@ Writes ``<out>/<machine>-<shape>.json`` (default ``benchmarks/results``).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
-import random
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stonklib.data.records import Example, HistoryRow  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Shape:
-    prompts: int  # B
-    generations: int  # G
-    prompt_tokens: int | None  # exact synthetic prompt length; None: the project's rendered prompts
-    completion_tokens: int  # C, forced
-    model: str  # "qwen2.5-1.5b-random" or "smollm2"
-
-
-SHAPES = {
-    "seed": Shape(4, 4, 512, 256, "qwen2.5-1.5b-random"),
-    "large": Shape(8, 8, 512, 256, "qwen2.5-1.5b-random"),
-    "cpu": Shape(2, 4, None, 64, "smollm2"),
-    "tiny": Shape(2, 2, 32, 8, "qwen-tiny-random"),  # a smoke test of this script, not a benchmark
-}
-LORA = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-BETA, TEMPERATURE, TOP_P, LR = 0.05, 0.7, 0.9, 5e-6
-WORDLEVEL = "wordlevel_tokenizer"
-
-
-# ---------------------------------------------------------------------- model and data
-def qwen15b_config(tiny: bool = False):
-    from transformers import Qwen2Config
-
-    if tiny:
-        return Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           intermediate_size=128, vocab_size=151936, tie_word_embeddings=True,
-                           rope_parameters={"rope_type": "default", "rope_theta": 1e6}, bos_token_id=151643,
-                           eos_token_id=151643, pad_token_id=151643)
-    return Qwen2Config(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                       intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768,
-                       rope_parameters={"rope_type": "default", "rope_theta": 1e6}, rms_norm_eps=1e-6,
-                       bos_token_id=151643, eos_token_id=151643, pad_token_id=151643, use_sliding_window=False)
-
-
-def wordlevel_tokenizer(vocab_size: int, eos_id: int):
-    """A tokenizer with one token per whitespace-separated word ``w<id>``: exact prompt lengths, any id decodes."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = {eos_id: "<|endoftext|>", eos_id + 1: "<|im_start|>", eos_id + 2: "<|im_end|>"}
-    vocab = {specials.get(i, f"w{i}"): i for i in range(vocab_size)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>", additional_special_tokens=list(specials.values())[1:])
-    fast.padding_side = "left"
-    return fast
-
-
-def random_model_dir(path: Path, tiny: bool = False) -> Path:
-    """Qwen2.5-1.5B architecture with random bf16 weights and the word-level tokenizer (reused if present)."""
-    from transformers import AutoModelForCausalLM
-
-    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
-        return path
-    cfg = qwen15b_config(tiny)
-    torch.manual_seed(0)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(dev):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    # Its own folder: AutoTokenizer would pick Qwen2Tokenizer from config.json and drop the word-level model.
-    wordlevel_tokenizer(cfg.vocab_size, cfg.eos_token_id).save_pretrained(path / WORDLEVEL)
-    del model
-    _free()
-    return path
-
-
-def load_tokenizer(model_dir: Path):
-    """The word-level tokenizer of a synthetic model, else the model's own (as stonklib loads it)."""
-    if (model_dir / WORDLEVEL).is_dir():
-        from transformers import PreTrainedTokenizerFast
-
-        tok = PreTrainedTokenizerFast.from_pretrained(model_dir / WORDLEVEL)
-        tok.padding_side = "left"
-        return tok
-    from stonklib.models import load_tokenizer as stonk_tokenizer
-
-    return stonk_tokenizer(str(model_dir))
-
-
-def synthetic_examples(n: int, seed: int = 0) -> list[Example]:
-    """Plausible Stage II records (20 trading days of history) for scoring; no data files needed."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        closes = [100.0 + 10 * i]
-        for _ in range(22):
-            closes.append(closes[-1] * (1 + rng.gauss(0, 0.015)))
-        hist = tuple(HistoryRow(f"2024-03-{28 - d:02d}", round(closes[-1 - d - 3], 2), 1e6 * (1 + rng.random()))
-                     for d in range(20))
-        nxt = [100 * (closes[-3 + k] / closes[-4 + k] - 1) for k in range(3)]
-        out.append(Example(ticker=f"T{i:03d}", date=hist[0].date, close=hist[0].close, previous_close=hist[1].close,
-                           change_pct_1=nxt[0], change_pct_2=nxt[1], change_pct_3=nxt[2],
-                           direction_1="up" if nxt[0] > 0 else "down", direction_2="up" if nxt[1] > 0 else "down",
-                           direction_3="up" if nxt[2] > 0 else "down", flat_1=False, history=hist,
-                           name=f"Company {i}", sector="Technology"))
-    return out
-
-
-def prompt_texts(shape: Shape, tokenizer, examples: list[Example], seed: int = 0) -> list[str]:
-    if shape.prompt_tokens is None:
-        from stonklib.prompts import fit_prompt
-
-        return [fit_prompt(ex, tokenizer, 1024).text for ex in examples]
-    rng = random.Random(seed)
-    return [" ".join(f"w{rng.randrange(1000, 150000)}" for _ in range(shape.prompt_tokens)) for _ in examples]
-
-
-# ---------------------------------------------------------------------- helpers
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _reset_peak() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _peak_gib() -> float | None:
-    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-
-
-def _summary(times: list[float], warmup: int, tokens: int, peak: float | None, cpu_times: list[float]) -> dict:
-    """Wall-clock figures, plus process CPU seconds (a steadier measure on a shared CPU machine)."""
-    timed = times[warmup:] or times
-    med = statistics.median(timed)
-    cpu_med = statistics.median(cpu_times[warmup:] or cpu_times)
-    return {"step_s_median": med, "step_s_all": times, "completion_tokens_per_s": tokens / med,
-            "peak_mem_gib": peak, "tokens_generated": tokens, "step_cpu_s_median": cpu_med,
-            "step_cpu_s_all": cpu_times, "completion_tokens_per_cpu_s": tokens / cpu_med}
+from bench_common import (  # noqa: E402
+    BETA,
+    LORA,
+    LR,
+    ROOT,
+    SHAPES,
+    TEMPERATURE,
+    TOP_P,
+    WORDLEVEL,
+    Example,
+    Shape,
+    free_memory,
+    load_tokenizer,
+    machine_name,
+    peak_gib,
+    prompt_texts,
+    random_model_dir,
+    reset_peak,
+    summarise,
+    sync,
+    synthetic_examples,
+    versions,
+)
 
 
 # ---------------------------------------------------------------------- ours
@@ -266,19 +141,19 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     B, G, C = shape.prompts, shape.generations, shape.completion_tokens
 
     times, cpu_times, parts = [], [], []
-    _reset_peak()
+    reset_peak()
     for i in range(a.warmup + a.steps):
-        _sync()
+        sync()
         t0, c0 = time.perf_counter(), time.process_time()
         res = trainer.step(ids, mask, examples)
-        _sync()
+        sync()
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
         parts.append(res.timings)
         _assert_full(res.rollout.completion_ids, res.rollout.completion_mask, B * G, C, "ours")
         print(f"  ours step {i}: {times[-1]:.3f} s {res.timings} loss={res.loss:.4f}", flush=True)
-    peak = _peak_gib()
-    out = _summary(times, a.warmup, B * G * C, peak, cpu_times)
+    peak = peak_gib()
+    out = summarise(times, a.warmup, B * G * C, peak, cpu_times)
     out["sampler"] = type(sampler).__name__
     out["logprobs"] = trainer.logprobs.__name__
     out["trainer_timings"] = parts
@@ -287,7 +162,7 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
         out["op_profile"] = op_profile(trainer.step, ids, mask, examples)
     log.close()
     del trainer, sampler
-    _free()
+    free_memory()
     return out
 
 
@@ -302,10 +177,10 @@ def profile_ours_step(trainer, ids, mask, examples) -> dict:
 
     def timed(key_fn, fn):
         def wrapper(*args, **kw):
-            _sync()
+            sync()
             t0 = time.perf_counter()
             r = fn(*args, **kw)
-            _sync()
+            sync()
             acc[key_fn()] += time.perf_counter() - t0
             return r
         return wrapper
@@ -318,10 +193,10 @@ def profile_ours_step(trainer, ids, mask, examples) -> dict:
     if hasattr(trainer.sampler, "profile"):
         trainer.sampler.profile = True
     try:
-        _sync()
+        sync()
         t0 = time.perf_counter()
         res = trainer.step(ids, mask, examples)
-        _sync()
+        sync()
         total = time.perf_counter() - t0
     finally:
         trainer.logprobs = trainer.forward.fn = orig_lp
@@ -343,7 +218,7 @@ def op_profile(step, *args, top: int = 30) -> dict:
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         step(*args)
-        _sync()
+        sync()
     rows = [{"kernel": e.key[:120], "ms": (getattr(e, "device_time_total", 0) or 0) / 1e3,
              "calls": e.count} for e in prof.key_averages()]
     rows = [r for r in rows if r["ms"] > 0]
@@ -384,14 +259,14 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
             self.cpu_times, self.c0 = [], None
 
         def on_train_begin(self, args, state, control, **kw):
-            _reset_peak()
+            reset_peak()
 
         def on_step_begin(self, args, state, control, **kw):
-            _sync()
+            sync()
             self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
-            _sync()
+            sync()
             self.times.append(time.perf_counter() - self.t0)
             self.cpu_times.append(time.process_time() - self.c0)
             m = self.trainer._metrics["train"]  # TRL's per-step lists (never flushed: logging_strategy="no")
@@ -415,27 +290,17 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
                           callbacks=[timer])
     timer.trainer = trainer
     trainer.train()
-    peak = _peak_gib()
+    peak = peak_gib()
     min_len, mean_len = timer.min_len, timer.mean_len
     assert len(min_len) == n_steps and all(v == C for v in min_len), f"trl: completion min lengths {min_len}, expected {C}"
-    out = _summary(timer.times, a.warmup, B * G * C, peak, timer.cpu_times)
+    out = summarise(timer.times, a.warmup, B * G * C, peak, timer.cpu_times)
     out["completion_min_length"], out["completion_mean_length"] = min_len, mean_len
     del trainer, model
-    _free()
+    free_memory()
     return out
 
 
 # ---------------------------------------------------------------------- main
-def machine_name() -> str:
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        for k in ("H200", "H100", "A100", "L4", "A10"):
-            if k in name:
-                return f"nvidia-{k.lower()}"
-        return "cuda-" + name.lower().replace(" ", "-")
-    return f"cpu-{os.cpu_count()}c"
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # --- what to run
@@ -481,7 +346,7 @@ def main(argv=None) -> dict:
         result = {"machine": a.machine or machine_name(), "shape": a.shape, "shape_spec": vars(shape),
                   "prompt_tokens": n_prompt, "quantize": a.quantize, "steps": a.steps, "warmup": a.warmup,
                   "device": torch.cuda.get_device_name(0) if a.device == "cuda" else platform.processor() or "cpu",
-                  "cpu_threads": torch.get_num_threads(), "versions": _versions(),
+                  "cpu_threads": torch.get_num_threads(), "versions": versions(),
                   "fastgen_compile": os.environ.get("STONKLIB_FASTGEN_COMPILE", "default (on for CUDA)"),
                   "systems": {}}
         for system in [s.strip() for s in a.systems.split(",") if s.strip()]:
@@ -507,18 +372,6 @@ def main(argv=None) -> dict:
     print_table(result)
     print("wrote", path)
     return result
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    v = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate"):
-        try:
-            v[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            v[pkg] = None
-    return v
 
 
 def print_table(result: dict) -> None:

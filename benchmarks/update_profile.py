@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
+import bench_common as bc  # noqa: E402
 import grpo_throughput as gt  # noqa: E402
 
 # name: (TrainConfig overrides, environment)
@@ -62,10 +63,10 @@ def capture_update_inputs(trainer, ids, mask, examples, warmup: int):
     trainer._update = spy
     try:
         for i in range(warmup):
-            gt._sync()
+            bc.sync()
             t0 = time.perf_counter()
             trainer.step(ids, mask, examples)
-            gt._sync()
+            bc.sync()
             print(f"  warm-up step {i}: {time.perf_counter() - t0:.3f} s", flush=True)
     finally:
         trainer._update = orig
@@ -78,19 +79,19 @@ def timed_parts(trainer, roll, adv) -> dict:
     orig = trainer.logprobs
 
     def wrapper(*args, **kw):
-        gt._sync()
+        bc.sync()
         t0 = time.perf_counter()
         r = orig(*args, **kw)
-        gt._sync()
+        bc.sync()
         acc["policy_s" if torch.is_grad_enabled() else "ref_s"] += time.perf_counter() - t0
         return r
 
     trainer.logprobs = trainer.forward.fn = wrapper
     try:
-        gt._sync()
+        bc.sync()
         t0 = time.perf_counter()
         trainer._update(roll, adv)
-        gt._sync()
+        bc.sync()
         total = time.perf_counter() - t0
     finally:
         trainer.logprobs = trainer.forward.fn = orig
@@ -104,7 +105,7 @@ def kernel_profile(trainer, roll, adv, top: int = 25) -> dict:
         return {}
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         trainer._update(roll, adv)
-        gt._sync()
+        bc.sync()
     rows = [{"kernel": e.key[:120], "ms": (getattr(e, "device_time_total", 0) or 0) / 1e3, "calls": e.count}
             for e in prof.key_averages()]
     rows = sorted((r for r in rows if r["ms"] > 0), key=lambda r: -r["ms"])
@@ -140,16 +141,16 @@ def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
     trainer, ids, mask, log = gt.build_ours(a, shape, model_dir, texts, examples, work / name, **overrides)
     print(f"== {name}: update log-probs with {trainer.logprobs.__name__}", flush=True)
     roll, adv = capture_update_inputs(trainer, ids, mask, examples, a.warmup)
-    gt._reset_peak()
+    bc.reset_peak()
     times = []
     for _ in range(a.repeats):
-        gt._sync()
+        bc.sync()
         t0 = time.perf_counter()
         trainer._update(roll, adv)
-        gt._sync()
+        bc.sync()
         times.append(time.perf_counter() - t0)
     out = {"logprobs": trainer.logprobs.__name__, "update_s_median": statistics.median(times), "update_s_all": times,
-           "peak_mem_gib": gt._peak_gib(), "parts": timed_parts(trainer, roll, adv)}
+           "peak_mem_gib": bc.peak_gib(), "parts": timed_parts(trainer, roll, adv)}
     out |= kernel_profile(trainer, roll, adv)
     if name.startswith("dense"):
         out["check"] = dense_check(trainer, roll)
@@ -160,13 +161,13 @@ def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
           f"check {out.get('check')}", flush=True)
     log.close()
     del trainer
-    gt._free()
+    bc.free_memory()
     return out
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shape", choices=sorted(gt.SHAPES), default="seed")
+    p.add_argument("--shape", choices=sorted(bc.SHAPES), default="seed")
     p.add_argument("--variants", default="modules,dense", help=f"Comma list of {', '.join(VARIANTS)}.")
     p.add_argument("--warmup", type=int, default=2, help="Full steps before the update is timed.")
     p.add_argument("--repeats", type=int, default=5, help="Timed updates per variant.")
@@ -178,22 +179,22 @@ def main(argv=None) -> dict:
     p.add_argument("--machine", default=None)
     a = p.parse_args(argv)
     a.steps = 0  # build_ours sizes max_steps from warmup + steps
-    shape = gt.SHAPES[a.shape]
+    shape = bc.SHAPES[a.shape]
     a.quantize = a.shape in ("seed", "large") if a.quantize is None else a.quantize
     a.device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    result = {"machine": a.machine or gt.machine_name(), "shape": a.shape, "shape_spec": vars(shape),
-              "quantize": a.quantize, "warmup": a.warmup, "repeats": a.repeats, "versions": gt._versions(),
+    result = {"machine": a.machine or bc.machine_name(), "shape": a.shape, "shape_spec": vars(shape),
+              "quantize": a.quantize, "warmup": a.warmup, "repeats": a.repeats, "versions": bc.versions(),
               "device": torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu", "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model_dir = gt.random_model_dir(Path(a.model_dir) if a.model_dir else work / "model", tiny=a.shape == "tiny")
+        model_dir = bc.random_model_dir(Path(a.model_dir) if a.model_dir else work / "model", tiny=a.shape == "tiny")
         if shape.model == "smollm2":
             from stonklib import paths
 
             model_dir = Path(a.model_dir or paths.EMBEDDED_MODEL)
-        tok = gt.load_tokenizer(model_dir)
-        examples = gt.synthetic_examples(shape.prompts, a.seed)
-        texts = gt.prompt_texts(shape, tok, examples, a.seed)
+        tok = bc.load_tokenizer(model_dir)
+        examples = bc.synthetic_examples(shape.prompts, a.seed)
+        texts = bc.prompt_texts(shape, tok, examples, a.seed)
         for name in [v.strip() for v in a.variants.split(",") if v.strip()]:
             if name not in VARIANTS:
                 raise SystemExit(f"unknown variant {name!r}: use {', '.join(VARIANTS)}.")
