@@ -13,6 +13,7 @@ import platform
 import random
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,3 +187,33 @@ def versions() -> dict:
         except md.PackageNotFoundError:
             v[pkg] = None
     return v
+
+
+def timed(acc: dict, key_fn, fn):
+    """``fn`` wrapped to add its synchronised wall time to ``acc[key_fn()]`` (key chosen at call time)."""
+    def wrapper(*args, **kw):
+        sync()
+        t0 = time.perf_counter()
+        r = fn(*args, **kw)
+        sync()
+        acc[key_fn()] += time.perf_counter() - t0
+        return r
+    return wrapper
+
+
+def logprob_pass_key(ref: str, policy: str):
+    """For :func:`timed` around the trainer's log-prob function: the reference pass runs without grad."""
+    return lambda: policy if torch.is_grad_enabled() else ref
+
+
+def cuda_kernel_profile(fn, *args, top: int = 30) -> dict:
+    """CUDA kernel time of one call of ``fn``: total ms, kernels launched, and the ``top`` kernels by time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn(*args)
+        sync()
+    rows = [{"kernel": e.key[:120], "ms": (getattr(e, "device_time_total", 0) or 0) / 1e3, "calls": e.count}
+            for e in prof.key_averages()]
+    rows = sorted((r for r in rows if r["ms"] > 0), key=lambda r: -r["ms"])
+    return {"kernel_ms": sum(r["ms"] for r in rows), "kernels": sum(r["calls"] for r in rows), "top": rows[:top]}

@@ -69,8 +69,10 @@ from bench_common import (  # noqa: E402
     WORDLEVEL,
     Example,
     Shape,
+    cuda_kernel_profile,
     free_memory,
     load_tokenizer,
+    logprob_pass_key,
     machine_name,
     peak_gib,
     prompt_texts,
@@ -79,6 +81,7 @@ from bench_common import (  # noqa: E402
     summarise,
     sync,
     synthetic_examples,
+    timed,
     versions,
 )
 
@@ -159,7 +162,7 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     out["trainer_timings"] = parts
     out["profile"] = profile_ours_step(trainer, ids, mask, examples)
     if getattr(a, "op_profile", False) and device.type == "cuda":
-        out["op_profile"] = op_profile(trainer.step, ids, mask, examples)
+        out["op_profile"] = cuda_kernel_profile(trainer.step, ids, mask, examples)
     log.close()
     del trainer, sampler
     free_memory()
@@ -174,22 +177,10 @@ def _assert_full(c_ids: torch.Tensor, c_mask: torch.Tensor, n: int, C: int, who:
 def profile_ours_step(trainer, ids, mask, examples) -> dict:
     """One more (untimed) step with synchronised timers around its parts."""
     acc = {"ref_logprobs_s": 0.0, "policy_logprobs_s": 0.0, "optimizer_s": 0.0, "refresh_s": 0.0}
-
-    def timed(key_fn, fn):
-        def wrapper(*args, **kw):
-            sync()
-            t0 = time.perf_counter()
-            r = fn(*args, **kw)
-            sync()
-            acc[key_fn()] += time.perf_counter() - t0
-            return r
-        return wrapper
-
     orig_lp, orig_opt, orig_refresh = trainer.logprobs, trainer.optimizer.step, trainer.sampler.refresh
-    trainer.logprobs = trainer.forward.fn = timed(
-        lambda: "policy_logprobs_s" if torch.is_grad_enabled() else "ref_logprobs_s", orig_lp)
-    trainer.optimizer.step = timed(lambda: "optimizer_s", orig_opt)
-    trainer.sampler.refresh = timed(lambda: "refresh_s", orig_refresh)
+    trainer.logprobs = trainer.forward.fn = timed(acc, logprob_pass_key("ref_logprobs_s", "policy_logprobs_s"), orig_lp)
+    trainer.optimizer.step = timed(acc, lambda: "optimizer_s", orig_opt)
+    trainer.sampler.refresh = timed(acc, lambda: "refresh_s", orig_refresh)
     if hasattr(trainer.sampler, "profile"):
         trainer.sampler.profile = True
     try:
@@ -210,20 +201,6 @@ def profile_ours_step(trainer, ids, mask, examples) -> dict:
                                     - acc["optimizer_s"])
     prof["sampler"] = dict(getattr(trainer.sampler, "timings", {}) or {})
     return prof
-
-
-def op_profile(step, *args, top: int = 30) -> dict:
-    """CUDA kernel time of one more step, by kernel (``--op_profile``): where the non-sampling time goes."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step(*args)
-        sync()
-    rows = [{"kernel": e.key[:120], "ms": (getattr(e, "device_time_total", 0) or 0) / 1e3,
-             "calls": e.count} for e in prof.key_averages()]
-    rows = [r for r in rows if r["ms"] > 0]
-    rows.sort(key=lambda r: -r["ms"])
-    return {"kernel_ms_total": sum(r["ms"] for r in rows), "top": rows[:top]}
 
 
 # ---------------------------------------------------------------------- TRL
@@ -385,7 +362,7 @@ def print_table(result: dict) -> None:
         if "profile" in r:
             print("   profile:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r["profile"].items()})
         if "op_profile" in r:
-            print(f"   kernels: {r['op_profile']['kernel_ms_total']:.1f} ms")
+            print(f"   kernels: {r['op_profile']['kernel_ms']:.1f} ms in {r['op_profile']['kernels']}")
             for row in r["op_profile"]["top"][:25]:
                 print(f"   {row['ms']:9.2f} ms {row['calls']:6d}x  {row['kernel']}")
 

@@ -77,16 +77,7 @@ def timed_parts(trainer, roll, adv) -> dict:
     """One update with synchronised timers around the reference and policy passes."""
     acc = {"ref_s": 0.0, "policy_s": 0.0}
     orig = trainer.logprobs
-
-    def wrapper(*args, **kw):
-        bc.sync()
-        t0 = time.perf_counter()
-        r = orig(*args, **kw)
-        bc.sync()
-        acc["policy_s" if torch.is_grad_enabled() else "ref_s"] += time.perf_counter() - t0
-        return r
-
-    trainer.logprobs = trainer.forward.fn = wrapper
+    trainer.logprobs = trainer.forward.fn = bc.timed(acc, bc.logprob_pass_key("ref_s", "policy_s"), orig)
     try:
         bc.sync()
         t0 = time.perf_counter()
@@ -96,20 +87,6 @@ def timed_parts(trainer, roll, adv) -> dict:
     finally:
         trainer.logprobs = trainer.forward.fn = orig
     return {"update_s": total, **acc, "loss_backward_clip_optimizer_s": total - acc["ref_s"] - acc["policy_s"]}
-
-
-def kernel_profile(trainer, roll, adv, top: int = 25) -> dict:
-    from torch.profiler import ProfilerActivity, profile
-
-    if not torch.cuda.is_available():
-        return {}
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        trainer._update(roll, adv)
-        bc.sync()
-    rows = [{"kernel": e.key[:120], "ms": (getattr(e, "device_time_total", 0) or 0) / 1e3, "calls": e.count}
-            for e in prof.key_averages()]
-    rows = sorted((r for r in rows if r["ms"] > 0), key=lambda r: -r["ms"])
-    return {"kernel_ms": sum(r["ms"] for r in rows), "kernels": sum(r["calls"] for r in rows), "top": rows[:top]}
 
 
 def dense_check(trainer, roll) -> dict:
@@ -151,7 +128,8 @@ def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
         times.append(time.perf_counter() - t0)
     out = {"logprobs": trainer.logprobs.__name__, "update_s_median": statistics.median(times), "update_s_all": times,
            "peak_mem_gib": bc.peak_gib(), "parts": timed_parts(trainer, roll, adv)}
-    out |= kernel_profile(trainer, roll, adv)
+    if torch.cuda.is_available():
+        out |= bc.cuda_kernel_profile(trainer._update, roll, adv, top=25)
     if name.startswith("dense"):
         out["check"] = dense_check(trainer, roll)
     if hasattr(trainer.logprobs, "blocks"):

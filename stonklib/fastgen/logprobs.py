@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from stonklib.fastgen.decoder import rotate_half
 from stonklib.fastgen.weights import ArchSpec, DecoderWeights, UnsupportedModelError, causal_lm
 from stonklib.grpo import logprobs_from_hidden
 from stonklib.rollout import completion_logprobs
@@ -72,8 +73,7 @@ def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return x * cos + rotate_half(x) * sin
 
 
 def _repeat_kv(x: Tensor, groups: int) -> Tensor:

@@ -40,47 +40,11 @@ from stonklib.fastgen.weights import (
     ArchSpec,
     DecoderWeights,
     FusedLinear,
-    UnsupportedModelError,
     _plain_linear,
     causal_lm,
-    dense_weight,
+    lora_parts,
+    stacked_dense,
 )
-
-
-@dataclass(frozen=True)
-class LoraPart:
-    """One adapter of one PEFT LoRA layer; whether it is active and its dropout's mode are read at call time."""
-
-    module: nn.Module
-    name: str
-    a: Tensor  # lora_A weight [r, in] (a trainable parameter)
-    b: Tensor  # lora_B weight [out, r]
-    scaling: float
-    dropout: nn.Module
-
-    def active(self) -> bool:
-        return not self.module.disable_adapters and self.name in self.module.active_adapters
-
-    def args(self) -> tuple[Tensor, Tensor, float, float]:
-        """``(A, B, scaling, p)`` for :func:`dense_layer`; ``p`` is 0 unless the adapter's dropout is in training mode."""
-        p = float(getattr(self.dropout, "p", 0.0)) if self.dropout.training else 0.0
-        return self.a, self.b, self.scaling, p
-
-
-def lora_parts(mod: nn.Module) -> list[LoraPart]:
-    """The adapters of a PEFT LoRA layer (none for a plain linear layer)."""
-    if not hasattr(mod, "lora_A"):
-        return []
-    if getattr(mod, "merged", False):
-        raise UnsupportedModelError("a LoRA adapter is merged into its base layer; unmerge it for the dense update.")
-    parts = []
-    for name in mod.lora_A:
-        if getattr(mod, "use_dora", {}).get(name, False) or name in getattr(mod, "lora_variant", {}):
-            raise UnsupportedModelError(f"adapter {name!r} is a LoRA variant (DoRA, ...): the dense update "
-                                        "implements plain LoRA; use dense_update=False.")
-        parts.append(LoraPart(mod, name, mod.lora_A[name].weight, mod.lora_B[name].weight, float(mod.scaling[name]),
-                              mod.lora_dropout[name]))
-    return parts
 
 
 class DenseProjection:
@@ -95,16 +59,10 @@ class DenseProjection:
         if usable:  # FastSampler's copy of base weights without adapters: the same values, stored once
             self.weight, self.bias = shared.weight, shared.bias
             return
-        dense = [dense_weight(m).to(device=device, dtype=dtype) for m in modules]
-        self.weight = torch.cat(dense) if len(dense) > 1 else dense[0]
-        biases = [_plain_linear(m).bias for m in modules]
-        self.bias = None
-        if any(b is not None for b in biases):
-            self.bias = torch.cat([(b.detach() if b is not None else torch.zeros(r, device=device)).to(device, dtype)
-                                   for b, r in zip(biases, self.rows, strict=True)])
+        self.weight, self.bias, _ = stacked_dense(modules, dtype, device, own=False)  # frozen: borrow when possible
 
     def lora_args(self) -> tuple[tuple[tuple, ...], ...] | None:
-        """Per stacked module, its active adapters' :meth:`LoraPart.args`; None when no adapter is active."""
+        """Per stacked module, its active adapters' :meth:`~stonklib.fastgen.weights.LoraPart.args`; None when no adapter is active."""
         args = tuple(tuple(p.args() for p in parts if p.active()) for parts in self.loras)
         return args if any(args) else None
 

@@ -95,22 +95,74 @@ def dense_weight(mod: nn.Module) -> Tensor:
     return w.detach()
 
 
+@dataclass(frozen=True)
+class LoraPart:
+    """One adapter of one PEFT LoRA layer; whether it is active and its dropout's mode are read at call time."""
+
+    module: nn.Module
+    name: str
+    a: Tensor  # lora_A weight [r, in] (a trainable parameter)
+    b: Tensor  # lora_B weight [out, r]
+    scaling: float
+    dropout: nn.Module
+
+    def active(self) -> bool:
+        return not self.module.disable_adapters and self.name in self.module.active_adapters
+
+    def args(self) -> tuple[Tensor, Tensor, float, float]:
+        """``(A, B, scaling, p)``; ``p`` is 0 unless the adapter's dropout is in training mode."""
+        p = float(getattr(self.dropout, "p", 0.0)) if self.dropout.training else 0.0
+        return self.a, self.b, self.scaling, p
+
+
+def lora_parts(mod: nn.Module, names=None) -> list[LoraPart]:
+    """The adapters ``names`` (default: all) of a PEFT LoRA layer; none for a plain linear layer.
+
+    Refuses what stonklib.fastgen does not implement: merged adapters and LoRA variants (DoRA, ...).
+    """
+    if not hasattr(mod, "lora_A"):
+        return []
+    if getattr(mod, "merged", False):
+        raise UnsupportedModelError("a LoRA adapter is merged into its base layer; unmerge it for stonklib.fastgen.")
+    parts = []
+    for name in mod.lora_A if names is None else [n for n in names if n in mod.lora_A]:
+        if getattr(mod, "use_dora", {}).get(name, False) or name in getattr(mod, "lora_variant", {}):
+            raise UnsupportedModelError(
+                f"adapter {name!r} is a LoRA variant (DoRA, ...): stonklib.fastgen implements plain LoRA; "
+                "FastSampler falls back to HF generate (fast_sampler=False), the update to the PEFT modules "
+                "(dense_update=False).")
+        parts.append(LoraPart(mod, name, mod.lora_A[name].weight, mod.lora_B[name].weight, float(mod.scaling[name]),
+                              mod.lora_dropout[name]))
+    return parts
+
+
 def lora_delta(mod: nn.Module) -> Tensor | None:
     """Sum over active adapters of ``B @ A * scaling`` (float32, [out, in]), or None without an active LoRA."""
     if not hasattr(mod, "lora_A") or getattr(mod, "disable_adapters", False):
         return None
-    if getattr(mod, "merged", False):
-        raise UnsupportedModelError("a LoRA adapter is merged into its base layer; unmerge it before building FastSampler.")
-    delta = None
-    for name in mod.active_adapters:
-        if name not in mod.lora_A:
-            continue
-        if getattr(mod, "use_dora", {}).get(name, False):
-            raise UnsupportedModelError("DoRA adapters are not supported by the fast decoder; use HF generate.")
-        a, b = mod.lora_A[name].weight, mod.lora_B[name].weight
-        d = (b.detach().float() @ a.detach().float()) * mod.scaling[name]
-        delta = d if delta is None else delta + d
-    return delta
+    parts = lora_parts(mod, mod.active_adapters)
+    if not parts:
+        return None
+    return sum((p.b.detach().float() @ p.a.detach().float()) * p.scaling for p in parts)
+
+
+def stacked_dense(modules: list[nn.Module], dtype: torch.dtype, device: torch.device,
+                  own: bool = True) -> tuple[Tensor, Tensor | None, list[int]]:
+    """The dense (dequantised) weights and biases of linear layers of one input, stacked on the output dim.
+
+    Returns ``(weight, bias or None, rows per module)``. A single dense weight already in ``dtype`` on
+    ``device`` is returned as is unless ``own`` (then it is always a copy, safe to write into).
+    """
+    dense = [dense_weight(m).to(device=device, dtype=dtype) for m in modules]
+    rows = [w.shape[0] for w in dense]
+    weight = torch.cat(dense, 0) if len(dense) > 1 else (dense[0].clone() if own else dense[0])
+    del dense
+    biases = [getattr(_plain_linear(m), "bias", None) for m in modules]
+    bias = None
+    if any(b is not None for b in biases):
+        bias = torch.cat([(b.detach() if b is not None else torch.zeros(r)).to(device=device, dtype=dtype)
+                          for b, r in zip(biases, rows, strict=True)])
+    return weight, bias, rows
 
 
 class FusedLinear:
@@ -118,15 +170,7 @@ class FusedLinear:
 
     def __init__(self, modules: list[nn.Module], dtype: torch.dtype, device: torch.device):
         self.modules = modules
-        dense = [dense_weight(m).to(device=device, dtype=dtype) for m in modules]
-        self.rows = [w.shape[0] for w in dense]
-        self.weight = torch.cat(dense, 0) if len(dense) > 1 else dense[0].clone()
-        del dense
-        biases = [getattr(_plain_linear(m), "bias", None) for m in modules]
-        self.bias = None
-        if any(b is not None for b in biases):
-            self.bias = torch.cat([(b.detach() if b is not None else torch.zeros(r)).to(device=device, dtype=dtype)
-                                   for b, r in zip(biases, self.rows, strict=True)])
+        self.weight, self.bias, self.rows = stacked_dense(modules, dtype, device)
         self.adapted = any(hasattr(m, "lora_A") for m in modules)
         self.refresh()
 
