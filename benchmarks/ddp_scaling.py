@@ -59,7 +59,7 @@ def _max_over_ranks(x: float, d: D.Dist, device: torch.device) -> float:
 def run(a) -> dict | None:
     from stonklib.config import TrainConfig
     from stonklib.launch import make_sampler
-    from stonklib.models import add_lora, load_base_model
+    from stonklib.models import add_lora, enable_checkpointing, load_base_model
     from stonklib.rollout import encode_prompts
     from stonklib.runlog import RunLog
     from stonklib.trainer import GRPOTrainer
@@ -86,8 +86,7 @@ def run(a) -> dict | None:
     model = load_base_model(cfg.stage1_model, quantize=cfg.quantize, device=device,
                             device_map={"": d.local_rank} if use_cuda else None)
     policy = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
-    policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    policy.config.use_cache = True
+    enable_checkpointing(policy)
     tok = load_tokenizer(model_dir)
     examples = synthetic_examples(B, seed=a.seed + 1000 * d.rank)  # distinct prompts on each rank
     trainer = GRPOTrainer(cfg, policy, tok, examples, [], dist=d, runlog=RunLog(work, 2, is_main=False),

@@ -94,7 +94,7 @@ def build_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: lis
     ``cfg_overrides`` are further :class:`~stonklib.config.TrainConfig` fields (ablations)."""
     from stonklib.config import TrainConfig
     from stonklib.launch import make_sampler
-    from stonklib.models import add_lora, load_base_model, load_policy, pick_device
+    from stonklib.models import add_lora, enable_checkpointing, load_base_model, load_policy, pick_device
     from stonklib.rollout import HFSampler, encode_prompts
     from stonklib.runlog import RunLog
     from stonklib.trainer import GRPOTrainer
@@ -117,8 +117,7 @@ def build_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: lis
     else:
         policy, tok = load_policy(cfg, device, device_map=device_map)
     if cfg.gradient_checkpointing:  # as stonklib.launch.run_training does
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        policy.config.use_cache = True
+        enable_checkpointing(policy)
     if sampler_kind == "fast":
         from stonklib.fastgen import FastSampler
 

@@ -7,8 +7,7 @@ Run (from the repository root)::
 For each variant the trainer is built as ``grpo_throughput.py`` builds "ours" (same model, shapes,
 NF4 + LoRA, KL, gradient checkpointing); ``modules`` runs the update's log-prob passes through the
 model's PEFT/bitsandbytes modules (``dense_update=False``), ``dense`` over dense base weights
-(``dense_update=True``, :mod:`stonklib.fastgen.update`), ``dense_compiled`` the same with its
-elementwise work under ``torch.compile`` (``STONKLIB_UPDATE_COMPILE=1``). After ``--warmup`` full steps, the last
+(``dense_update=True``, :mod:`stonklib.fastgen.update`). After ``--warmup`` full steps, the last
 step's rollout is kept and the update alone (reference pass, policy pass, loss, backward with
 checkpoint recompute, clip, AdamW) is run on it:
 
@@ -47,8 +46,7 @@ import grpo_throughput as gt  # noqa: E402
 
 # name: (TrainConfig overrides, environment)
 VARIANTS = {"modules": ({"dense_update": False}, {}),
-            "dense": ({"dense_update": True}, {"STONKLIB_UPDATE_COMPILE": "0"}),
-            "dense_compiled": ({"dense_update": True}, {"STONKLIB_UPDATE_COMPILE": "1"})}
+            "dense": ({"dense_update": True}, {})}
 
 
 def capture_update_inputs(trainer, ids, mask, examples, warmup: int):

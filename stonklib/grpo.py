@@ -41,6 +41,7 @@ whole; with autograd on, each chunk is recomputed in the backward pass (activati
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Literal
 
@@ -94,6 +95,7 @@ def grpo_loss(
     max_completion_length: int | None = None,
     num_items: float | None = None,
     kl_bias_correction: bool = False,
+    stats_as_tensors: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """The clipped GRPO loss (to minimise) and detached stats; see the module docstring for the variant.
 
@@ -113,6 +115,9 @@ def grpo_loss(
       gradient is zero there: ``rho < 1 - eps_low and A < 0`` or ``rho > 1 + eps_high and A > 0``
       (TRL's ``clip_ratio/region_mean``); its two parts ``clip_low_fraction``, ``clip_high_fraction``.
     - ``ratio_mean``, and ``num_tokens`` (the masked token count).
+
+    ``stats_as_tensors=True`` returns them as 0-dim float32 tensors instead, so the caller can run the
+    backward pass before the one device sync that reading them costs (the trainer does).
     """
     _check_loss_inputs(logp, old_logp, ref_logp, advantages, mask, beta, epsilon, epsilon_high, loss_type)
     keep = mask.bool()
@@ -136,6 +141,8 @@ def grpo_loss(
     weights = keep.to(logp.dtype)
     loss = _aggregate(per_token, weights, loss_type, max_completion_length, num_items)
     stats = _loss_stats(ratio.detach(), adv, kl, weights, epsilon, eps_high)
+    if not stats_as_tensors:
+        stats = dict(zip(stats, torch.stack(list(stats.values())).tolist(), strict=True))  # one device sync
     return loss, stats
 
 
@@ -159,7 +166,7 @@ def _aggregate(per_token: Tensor, weights: Tensor, loss_type: str,
 
 @torch.no_grad()
 def _loss_stats(ratio: Tensor, adv: Tensor, kl: Tensor | None, weights: Tensor,
-                eps_low: float, eps_high: float) -> dict[str, float]:
+                eps_low: float, eps_high: float) -> dict[str, Tensor]:
     is_low = (ratio < 1.0 - eps_low) & (adv < 0)
     is_high = (ratio > 1.0 + eps_high) & (adv > 0)
     parts = {
@@ -171,9 +178,8 @@ def _loss_stats(ratio: Tensor, adv: Tensor, kl: Tensor | None, weights: Tensor,
     if kl is not None:
         parts["kl"] = kl.detach()
     count = weights.sum()
-    means = [(x * weights).sum() / count.clamp(min=1.0) for x in parts.values()]
-    values = torch.stack([*means, count]).tolist()  # one device sync for all stats
-    return dict(zip([*parts, "num_tokens"], values, strict=True))
+    means = [((x * weights).sum() / count.clamp(min=1.0)).float() for x in parts.values()]
+    return dict(zip([*parts, "num_tokens"], [*means, count.float()], strict=True))
 
 
 def _check_loss_inputs(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor,
@@ -236,10 +242,24 @@ def logprobs_from_hidden(
 
 
 def _chunk_logp(logits: Tensor, index: Tensor, temperature: float) -> Tensor:
+    if logits.is_cuda and logits.dtype != torch.float64 and _fused_logp():
+        from stonklib.fastgen.kernels.logp import token_logprobs
+
+        return token_logprobs(logits, index, temperature)  # the same values, one read of the logits
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
     return logits.gather(-1, index.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _fused_logp() -> bool:
+    """Whether CUDA chunks go through the Triton kernel (:mod:`stonklib.fastgen.kernels.logp`).
+
+    On when Triton is installed; ``STONKLIB_FASTGEN_KERNELS=0`` turns it off with the other kernels.
+    """
+    from stonklib.fastgen.kernels._triton import triton
+
+    return triton is not None and os.environ.get("STONKLIB_FASTGEN_KERNELS", "1") != "0"
 
 
 def _chunk_logp_from_hidden(hidden: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor,

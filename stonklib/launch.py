@@ -58,7 +58,7 @@ def _spread(n: int, k: int) -> list[int]:
 
 def run_training(cfg: cfglib.TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Everything ``stonk train`` does: set up, train, save the final adapter."""
-    from stonklib.models import describe, load_policy, pick_device
+    from stonklib.models import describe, enable_checkpointing, load_policy, pick_device
 
     device = pick_device(cfg.device)
     dist = D.init(device.type)
@@ -84,8 +84,7 @@ def run_training(cfg: cfglib.TrainConfig, progress: bool = True) -> dict[str, An
         device_map = {"": device.index or 0} if device.type == "cuda" else None
         policy, tok = load_policy(cfg, device, device_map=device_map)
     if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        policy.config.use_cache = True  # generation still uses the KV cache
+        enable_checkpointing(policy)
     log = RunLog(out, cfg.stage, is_main=dist.is_main, tensorboard=cfg.tensorboard)
     log.header(cfglib.to_dict(cfg), {"model": describe(policy), "world_size": dist.world, "device": str(device),
                                      "n_train": len(train), "n_val": len(val)})

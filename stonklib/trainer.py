@@ -58,6 +58,7 @@ from stonklib.data.records import Example
 from stonklib.fastgen.logprobs import pick_logprobs
 from stonklib.grpo import group_advantages, grpo_loss
 from stonklib.market import MarketStats
+from stonklib.models import adapters_off
 from stonklib.prompts import fit_prompt
 from stonklib.rewards import score
 from stonklib.rollout import HFSampler, Rollout, encode_prompts, rollout
@@ -187,7 +188,7 @@ class GRPOTrainer:
             ids, attn, cmask = input_ids[sl], attention_mask[sl], roll.completion_mask[sl]
             ref_logp = None
             if cfg.kl_coef > 0:
-                with torch.no_grad(), self.policy.disable_adapter():
+                with torch.no_grad(), adapters_off(self.policy):
                     ref_logp = self.logprobs(self.policy, ids, attn, C, cfg.temperature)
             sync = m == n_mb - 1 or not self.dist.enabled
             ctx = self.forward.no_sync() if not sync else contextlib.nullcontext()
@@ -196,15 +197,20 @@ class GRPOTrainer:
                 loss, stats = grpo_loss(logp, logp.detach(), ref_logp, advantages[sl], cmask.float(),
                                         beta=cfg.kl_coef, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                                         loss_type=cfg.loss_type, max_completion_length=cfg.max_new_tokens,
-                                        num_items=num_items)
+                                        num_items=num_items, stats_as_tensors=True)
                 (loss / n_mb).backward()
-            total_loss += float(loss.detach()) / n_mb
+            total_loss = total_loss + loss.detach().float() / n_mb
             for k, v in stats.items():
                 stats_acc[k] = stats_acc.get(k, 0.0) + v / n_mb
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)  # of the all-reduced grads
-        stats_acc["grad_norm"] = float(grad_norm)
+        # Read loss, stats and grad norm in one device sync, after the backward pass: a sync between
+        # the forward and backward passes would stop the host queueing the backward while the GPU
+        # still runs the forward.
+        keys = ["loss", *stats_acc, "grad_norm"]
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=grad_norm.device)
+                              for v in (total_loss, *stats_acc.values(), grad_norm)]).tolist()
         # Means over ranks, so every rank logs the same numbers and takes the same skip decision.
-        stats_acc = D.mean_over_ranks(stats_acc | {"loss": total_loss}, self.dist)
+        stats_acc = D.mean_over_ranks(dict(zip(keys, values, strict=True)), self.dist)
         total_loss = stats_acc.pop("loss")
         skipped = not (math.isfinite(total_loss) and math.isfinite(stats_acc["grad_norm"]))
         if skipped:

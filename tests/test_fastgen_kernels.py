@@ -159,3 +159,120 @@ def test_decoder_uses_the_mlp_kernel_only_when_asked(K):
         assert (fs.decoder.mlps is not None) == (name == "all")
         runs[name] = fs.sample(ids, mask, max_new_tokens=8, greedy=True)
     assert torch.equal(runs["plain"], runs["attention"]) and torch.equal(runs["plain"], runs["all"])
+
+
+@pytest.mark.parametrize(("n", "V", "temperature", "dtype"), [
+    (7, 5000, 1.0, torch.float32),    # two forward blocks, the second partial
+    (5, 4096, 0.7, torch.float32),    # exactly one block, a temperature
+    (3, 300, 1.3, torch.bfloat16),    # one partial block, bf16 logits (the GPU's case)
+])
+def test_fused_token_logprobs_match_the_plain_chunk(n, V, temperature, dtype):
+    from stonklib.fastgen.kernels.logp import token_logprobs, token_logprobs_reference
+
+    g = torch.Generator().manual_seed(V)
+    logits = (torch.randn(n, V, generator=g) * 4).to(dtype)
+    logits[0, :17] = float("-inf")  # masked vocabulary entries
+    index = torch.randint(17, V, (n,), generator=g)
+    index[1] = logits[1].float().argmax()
+    weight = torch.rand(n, generator=g)
+    got_in, ref_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    got, ref = token_logprobs(got_in, index, temperature), token_logprobs_reference(ref_in, index, temperature)
+    assert got.dtype == torch.float32 and got.shape == (n,)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    (got * weight).sum().backward()
+    (ref * weight).sum().backward()
+    assert got_in.grad.dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-4)
+    torch.testing.assert_close(got_in.grad, ref_in.grad, **tol)
+    sum_tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16 rounds each entry
+    assert (got_in.grad.float().sum(1).abs() < sum_tol).all()  # a softmax's gradient sums to zero
+
+
+def test_fused_token_logprobs_refuse_bad_shapes_and_dtypes():
+    from stonklib.fastgen.kernels.logp import token_logprobs
+
+    with pytest.raises(ValueError, match=r"logits must be \[n, V\]"):
+        token_logprobs(torch.zeros(2, 3, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="float64"):
+        token_logprobs(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.fixture
+def train_kernels(monkeypatch):
+    """stonklib.fastgen.kernels.train with its kernels on for CPU tensors (Triton's interpreter)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton's interpreter is off (a CUDA machine)")
+    import stonklib.fastgen.kernels.train as mod
+
+    monkeypatch.setattr(mod, "FORCE_ON_CPU", True)
+    return mod
+
+
+def _fused_vs_eager(fused, eager, inputs, dtype, tol):
+    """Run both on copies of ``inputs`` (the first one or two differentiable); compare outputs and gradients."""
+    a = [t.clone().requires_grad_(t.is_floating_point() and i < 1) for i, t in enumerate(inputs)]
+    b = [t.clone().requires_grad_(t.is_floating_point() and i < 1) for i, t in enumerate(inputs)]
+    ya, yb = fused(*a), eager(*b)
+    assert ya.dtype == yb.dtype == dtype and ya.shape == yb.shape
+    torch.testing.assert_close(ya, yb, **tol)
+    g = torch.randn(ya.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(a[0].grad, b[0].grad, **tol)
+
+
+F32, BF16 = dict(rtol=1e-5, atol=1e-5), dict(rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, F32), (torch.bfloat16, BF16)])
+def test_fused_rms_norm_matches_hf_rmsnorm(train_kernels, dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 7, 96, generator=g) * 3).to(dtype)  # 96: a partial block
+    w = (1 + torch.randn(96, generator=g) * 0.1).to(dtype)
+    _fused_vs_eager(lambda x, w: train_kernels.rms_norm(x, w, 1e-6),
+                    lambda x, w: train_kernels.rms_norm_reference(x, w, 1e-6), [x, w], dtype, tol)
+    assert train_kernels.rms_norm(x, w.clone().requires_grad_(), 1e-6).grad_fn.name() != "_RMSNormBackward"
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, F32), (torch.bfloat16, BF16)])
+def test_fused_swiglu_matches_silu_gating(train_kernels, dtype, tol):
+    gu = (torch.randn(1, 9, 2 * 1100, generator=torch.Generator().manual_seed(2)) * 2).to(dtype)  # 2 blocks per row
+    _fused_vs_eager(train_kernels.swiglu, train_kernels.swiglu_reference, [gu], dtype, tol)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, F32), (torch.bfloat16, BF16)])
+def test_fused_rope_matches_rotate_half(train_kernels, dtype, tol):
+    g = torch.Generator().manual_seed(3)
+    T, H, KV, D = 11, 6, 2, 16
+    qkv = torch.randn(T, H + 2 * KV, D, generator=g).to(dtype)
+    ang = torch.arange(T)[:, None].float() * (1.0 / (100.0 ** (torch.arange(0, D, 2).float() / D)))
+    ang = torch.cat([ang, ang], -1)[:, None, :]
+    cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+
+    def on_view(fn):  # q|k as the strided view the update passes
+        return lambda t, c, s: fn(t[:, : H + KV], c, s)
+
+    _fused_vs_eager(on_view(train_kernels.rope), on_view(train_kernels.rope_reference), [qkv, cos, sin], dtype, tol)
+
+
+def test_dense_update_with_fused_kernels_matches_the_eager_layer(train_kernels):
+    """The whole dense update (log-probs and LoRA gradients) with the training kernels on and off."""
+    from stonklib.fastgen.update import DenseLogprobs
+    from tests.test_fastgen import grpo_batch, lora, perturb_lora
+
+    policy = lora(tiny_model("qwen2", seed=51, std=0.2))
+    perturb_lora(policy, 52, scale=0.1)
+    policy.eval()
+    ids, attn, cmask = grpo_batch()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    dense = DenseLogprobs(policy)
+    res = {}
+    for on in (True, False):
+        train_kernels.FORCE_ON_CPU = on
+        lp = dense(policy, ids, attn, cmask.shape[1], 0.7)
+        res[on] = (lp.detach(), torch.autograd.grad((lp * cmask).sum(), params))
+    keep = cmask.bool()
+    torch.testing.assert_close(res[True][0][keep], res[False][0][keep], rtol=1e-5, atol=1e-5)
+    scale = max(float(g.abs().max()) for g in res[False][1])  # ~23 here: float32 sums in another order
+    for a, b in zip(res[True][1], res[False][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from stonklib.fastgen import FastSampler, UnsupportedModelError
@@ -22,9 +23,14 @@ def _lora_params(policy) -> list[torch.Tensor]:
     return [p for n, p in policy.named_parameters() if p.requires_grad]
 
 
-def _logp_and_grads(fn, policy, ids, attn, cmask, temperature=0.7):
+def _logp_and_grads(fn, policy, ids, attn, cmask, temperature=0.7, use_backward=False):
     lp = fn(policy, ids, attn, cmask.shape[1], temperature)
-    grads = torch.autograd.grad((lp * cmask).sum(), _lora_params(policy))
+    params = _lora_params(policy)
+    if not use_backward:
+        return lp.detach(), torch.autograd.grad((lp * cmask).sum(), params)
+    (lp * cmask).sum().backward()  # reentrant checkpointing supports backward() only
+    grads = [p.grad.clone() for p in params]
+    policy.zero_grad(set_to_none=True)
     return lp.detach(), grads
 
 
@@ -117,9 +123,16 @@ def test_nf4_dense_path_matches_the_exactly_dequantised_model(tmp_path):
     assert (bnb_lp[keep] - got_lp[keep]).abs().max() < 0.1
 
 
-def test_dropout_masks_are_replayed_by_gradient_checkpointing():
-    """With LoRA dropout on, checkpointed and plain backward passes see the same masks: identical gradients."""
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_dropout_masks_are_replayed_by_gradient_checkpointing(reentrant):
+    """With LoRA dropout on, checkpointed and plain backward passes see the same masks: identical gradients.
+
+    Both checkpoint variants: the trainer's (reentrant, :func:`stonklib.models.enable_checkpointing`,
+    whose gradients come from ``backward()``) and the non-reentrant one.
+    """
     from peft import LoraConfig, get_peft_model
+
+    from stonklib.models import enable_checkpointing
 
     policy = get_peft_model(tiny_model("qwen2", seed=38, std=0.2), LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.3, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -130,10 +143,13 @@ def test_dropout_masks_are_replayed_by_gradient_checkpointing():
     dense = DenseLogprobs(policy)
     torch.manual_seed(0)
     plain_lp, plain = _logp_and_grads(dense, policy, ids, attn, cmask)
-    policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if reentrant:
+        enable_checkpointing(policy)
+    else:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
     torch.manual_seed(0)
-    ckpt_lp, ckpt = _logp_and_grads(dense, policy, ids, attn, cmask)
+    ckpt_lp, ckpt = _logp_and_grads(dense, policy, ids, attn, cmask, use_backward=reentrant)
     torch.testing.assert_close(ckpt_lp, plain_lp, rtol=0, atol=0)
     for a, b in zip(ckpt, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
@@ -179,3 +195,87 @@ def test_in_bf16_the_dense_path_is_as_close_to_float32_as_the_module_path():
     modules, dense = run(shared_prefix_logprobs, bf16), run(DenseLogprobs(bf16), bf16)
     for m, d, t in zip(modules, dense, truth, strict=True):
         assert 0 < err(m, t) < 0.2 and err(d, t) < 1.5 * err(m, t)
+
+
+def _adapters(m: int, rank: int, width: int, seed: int, p: float) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(((torch.randn(rank, width, generator=g), torch.randn(o, rank, generator=g), 0.5 + i, p),)
+                 for i, o in enumerate((width, 4, 4)[:m]))
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_stacked_lora_matches_module_by_module(m):
+    from stonklib.fastgen.update import _stacked_lora_delta, _with_lora
+
+    lora_args = _adapters(m, rank=3, width=6, seed=m, p=0.0)
+    rows = tuple(b.shape[0] for ((_, b, _, _),) in lora_args)
+    x, out = torch.randn(1, 9, 6), torch.randn(1, 9, sum(rows))
+    want = torch.cat([F.linear(F.linear(x, a), b) * s for ((a, b, s, _),) in lora_args], -1)
+    torch.testing.assert_close(_stacked_lora_delta(x, lora_args, rows), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_with_lora(out, x, lora_args, rows), out + want, rtol=1e-5, atol=1e-5)
+    # Two adapters on one module, or ranks that differ, go module by module: the same sum.
+    two = ((lora_args[0][0], lora_args[0][0]),) + lora_args[1:]
+    torch.testing.assert_close(_with_lora(out, x, two, rows)[..., :rows[0]], out[..., :rows[0]] + 2 * want[..., :rows[0]],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_lora_dropout_draws_one_mask_per_module():
+    from stonklib.fastgen.update import _stacked_lora_delta
+
+    width = 64
+    eye = torch.eye(width)
+    lora_args = tuple(((eye, eye, 1.0, 0.5),) for _ in range(3))  # delta_i = dropout_i(x)
+    torch.manual_seed(0)
+    d = _stacked_lora_delta(torch.ones(1, 500, width), lora_args, (width,) * 3).view(500, 3, width)
+    kept = d != 0
+    assert set(d.unique().tolist()) == {0.0, 2.0}  # inverted dropout at p = 0.5
+    assert 0.45 < kept.float().mean() < 0.55
+    for i, j in ((0, 1), (0, 2), (1, 2)):  # independent masks agree on about half the entries, not all
+        assert 0.45 < (kept[:, i] == kept[:, j]).float().mean() < 0.55
+
+
+def test_adapters_off_is_peft_disable_adapter_without_its_module_walk():
+    from stonklib.models import adapters_off
+
+    policy = lora(tiny_model("qwen2", seed=41))
+    perturb_lora(policy, 42, scale=0.5)
+    policy.eval()
+    ids, attn, _ = grpo_batch()
+    with torch.no_grad():
+        on = completion_logprobs(policy, ids, attn, 5, 1.0)
+        with policy.disable_adapter():
+            peft_off = completion_logprobs(policy, ids, attn, 5, 1.0)
+        with adapters_off(policy):
+            ours_off = completion_logprobs(policy, ids, attn, 5, 1.0)
+            dense_off = DenseLogprobs(policy)(policy, ids, attn, 5, 1.0)
+        assert torch.equal(ours_off, peft_off) and (ours_off - on).abs().max() > 1e-3
+        torch.testing.assert_close(dense_off, peft_off, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(completion_logprobs(policy, ids, attn, 5, 1.0), on)  # restored on exit
+        with pytest.raises(RuntimeError, match="boom"), adapters_off(policy):
+            raise RuntimeError("boom")
+        assert not any(m.disable_adapters for m in policy.modules() if hasattr(m, "lora_A"))  # restored on error
+        with adapters_off(tiny_model("qwen2", seed=43)):  # no adapter: nothing to switch off
+            pass
+
+
+def test_sampler_refreshes_its_merged_copy_from_the_dense_update_base():
+    """With the dense update built on FastSampler's weights, the sampler's q|k|v and o refresh from
+    the update's unmerged base (no dequantising): the same merged weights as merging module by module."""
+    policy = lora(tiny_model("qwen2", seed=44))
+    fs = FastSampler(policy, TOK, max_batch=2, max_len=16)
+    DenseLogprobs(policy, fs.weights)
+    assert all(lw.qkv.base is not None and lw.o.base is not None for lw in fs.weights.layers)
+    assert all(lw.gate_up.base is None for lw in fs.weights.layers)  # no adapter there: nothing to merge
+    perturb_lora(policy, 45, scale=0.5)
+    fs.refresh(policy)
+    fresh = FastSampler(policy, TOK, max_batch=2, max_len=16)  # merged module by module, base re-read
+    for got, want in zip(fs.weights.layers, fresh.weights.layers, strict=True):
+        for name in ("qkv", "o"):
+            torch.testing.assert_close(getattr(got, name).weight, getattr(want, name).weight, rtol=1e-6, atol=1e-6)
+    before = fs.weights.layers[0].qkv.weight.clone()
+    with torch.no_grad():
+        policy.base_model.model.model.layers[0].self_attn.k_proj.lora_B["default"].weight.add_(1.0)
+    fs.refresh(policy)
+    changed = (fs.weights.layers[0].qkv.weight != before).any(1)
+    q, k = fs.weights.layers[0].qkv.rows[:2]
+    assert not changed[:q].any() and changed[q:q + k].all() and not changed[q + k:].any()  # only k's rows moved

@@ -13,7 +13,8 @@ Each layer is run by a ``blocks`` object around the attention core written here
 runs the model's own modules (norms, q/k/v/o projections with their LoRA and NF4 layers, the MLP),
 :class:`stonklib.fastgen.update.DenseBlocks` the same layer over dense base weights. Either way
 ``model.disable_adapter()`` gives the reference policy. With gradient checkpointing on (and
-autograd active) each layer is checkpointed. :func:`pick_logprobs` chooses what the trainer runs.
+autograd active) each layer is checkpointed by the model's own checkpoint function (the trainer
+configures the reentrant one: :func:`stonklib.models.enable_checkpointing`). :func:`pick_logprobs` chooses what the trainer runs.
 
 One difference from the full forward, in training mode only: LoRA dropout draws one mask per
 prompt token, shared by the group's rows, instead of one per row.
@@ -22,13 +23,14 @@ prompt token, shared by the group's rows, instead of one per row.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from stonklib.fastgen.decoder import rotate_half
+from stonklib.fastgen.kernels.train import rope
 from stonklib.fastgen.weights import ArchSpec, DecoderWeights, UnsupportedModelError, causal_lm
 from stonklib.grpo import logprobs_from_hidden
 from stonklib.rollout import completion_logprobs
@@ -72,38 +74,55 @@ def prompt_groups(prompt_ids: Tensor, prompt_mask: Tensor) -> Tensor:
     return torch.cat([same.new_zeros(1), ~same]).long().cumsum(0)
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    return x * cos + rotate_half(x) * sin
+def group_mask(mask: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
+    """A boolean [B, 1, L, S] mask (True: attend) as :func:`attend_shared_prefix` takes it.
+
+    Repeated for the query layout there ([B, 1, groups*L, S]) and additive in ``dtype`` (0 or -inf),
+    made once per forward: given the boolean mask, SDPA would build the additive one in every call.
+    """
+    mask = mask if groups == 1 else mask.repeat(1, 1, groups, 1)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
-def _repeat_kv(x: Tensor, groups: int) -> Tensor:
-    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
-
-
-def attend_shared_prefix(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, rows: Tensor, mask_p: Tensor,
-                         mask_c: Tensor, n_heads: int, n_kv: int, head_dim: int) -> Tensor:
+def attend_shared_prefix(qkv: Tensor, cos: Tensor, sin: Tensor, rows: Tensor, mask_p: Tensor, mask_c: Tensor,
+                         n_heads: int, n_kv: int, head_dim: int) -> Tensor:
     """RoPE and attention of one layer over the flat stream (prompts once, then completions).
 
-    ``q``/``k``/``v`` are [..., T, heads * D] (T = U*P + N*C), ``cos``/``sin`` [T, 1, D], ``rows`` [N]
-    each completion's prompt, ``mask_p`` [U, 1, P, P] and ``mask_c`` [N, 1, C, P + C] the boolean
-    masks (their shapes give U, P, N, C). Returns the attention output [T, n_heads * D].
+    ``qkv`` is [..., T, (n_heads + 2 * n_kv) * D] (q, k and v side by side; T = U*P + N*C), ``cos``/``sin``
+    [T, 1, D], ``rows`` [N] each completion's prompt, ``mask_p`` [U, 1, g*P, P] and ``mask_c``
+    [N, 1, g*C, P + C] the additive masks of :func:`group_mask` (g = n_heads / n_kv; their shapes give
+    U, P, N, C). Returns the attention output [T, n_heads * D].
+
+    Grouped-query attention without copying keys and values per query head: each KV head's ``g``
+    query heads travel as ``g`` blocks of query rows (one SDPA "head" per KV head, ``g * L`` rows),
+    which is the same attention as repeating the keys and values ``g`` times. q and k get RoPE in one
+    pass (they are adjacent in ``qkv``; one fused kernel on CUDA, :func:`stonklib.fastgen.kernels.train.rope`).
     """
-    u, P, n, C = mask_p.shape[0], mask_p.shape[2], mask_c.shape[0], mask_c.shape[2]
-    Tp, D, g = u * P, head_dim, n_heads // n_kv
-    q = _rotate(q.reshape(-1, n_heads, D), cos, sin)
-    k = _rotate(k.reshape(-1, n_kv, D), cos, sin)
-    v = v.reshape(-1, n_kv, D)
+    u, n, g, D = mask_p.shape[0], mask_c.shape[0], n_heads // n_kv, head_dim
+    P = mask_p.shape[3]
+    C = mask_c.shape[3] - P
+    Tp = u * P
+    qkv = qkv.reshape(-1, n_heads + 2 * n_kv, D)
+    qk = rope(qkv[:, : n_heads + n_kv], cos, sin)
+    q, k, v = qk[:, :n_heads], qk[:, n_heads:], qkv[:, n_heads + n_kv:]
 
-    def split(t: Tensor, heads: int) -> tuple[Tensor, Tensor]:
-        """[T, heads, D] -> prompt [U, heads, P, D], completion [N, heads, C, D]."""
-        return t[:Tp].view(u, P, heads, D).transpose(1, 2), t[Tp:].view(n, C, heads, D).transpose(1, 2)
+    def queries(t: Tensor, b: int, length: int) -> Tensor:
+        """[b * length, n_heads, D] -> [b, n_kv, g * length, D]: a KV head's query heads as blocks of rows."""
+        return t.reshape(b, length, n_kv, g, D).permute(0, 2, 3, 1, 4).reshape(b, n_kv, g * length, D)
 
-    (qp, qc), (kp, kc), (vp, vc) = split(q, n_heads), split(k, n_kv), split(v, n_kv)
+    def heads_back(t: Tensor, b: int, length: int) -> Tensor:
+        return t.view(b, n_kv, g, length, D).permute(0, 3, 1, 2, 4).reshape(b * length, n_heads * D)
+
+    def keys(t: Tensor) -> tuple[Tensor, Tensor]:
+        """[T, n_kv, D] -> prompt [U, n_kv, P, D], completion [N, n_kv, C, D]."""
+        return t[:Tp].view(u, P, n_kv, D).transpose(1, 2), t[Tp:].view(n, C, n_kv, D).transpose(1, 2)
+
+    (kp, kc), (vp, vc) = keys(k), keys(v)
     scale = D ** -0.5
-    ap = F.scaled_dot_product_attention(qp, _repeat_kv(kp, g), _repeat_kv(vp, g), attn_mask=mask_p, scale=scale)
+    ap = F.scaled_dot_product_attention(queries(q[:Tp], u, P), kp, vp, attn_mask=mask_p, scale=scale)
     k_all, v_all = torch.cat([kp[rows], kc], dim=2), torch.cat([vp[rows], vc], dim=2)
-    ac = F.scaled_dot_product_attention(qc, _repeat_kv(k_all, g), _repeat_kv(v_all, g), attn_mask=mask_c, scale=scale)
-    return torch.cat([ap.transpose(1, 2).reshape(Tp, -1), ac.transpose(1, 2).reshape(n * C, -1)])
+    ac = F.scaled_dot_product_attention(queries(q[Tp:], n, C), k_all, v_all, attn_mask=mask_c, scale=scale)
+    return torch.cat([heads_back(ap, u, P), heads_back(ac, n, C)])
 
 
 class ModuleBlocks:
@@ -114,8 +133,8 @@ class ModuleBlocks:
         """The layer's output [1, T, hidden] for its input ``x`` [1, T, hidden] (see :func:`attend_shared_prefix`)."""
         att = layer.self_attn
         h = layer.input_layernorm(x)
-        a = attend_shared_prefix(att.q_proj(h), att.k_proj(h), att.v_proj(h), cos, sin, rows, mask_p, mask_c,
-                                 spec.n_heads, spec.n_kv_heads, spec.head_dim)
+        qkv = torch.cat([att.q_proj(h), att.k_proj(h), att.v_proj(h)], dim=-1)
+        a = attend_shared_prefix(qkv, cos, sin, rows, mask_p, mask_c, spec.n_heads, spec.n_kv_heads, spec.head_dim)
         x = x + att.o_proj(a[None])
         return x + layer.mlp(layer.post_attention_layernorm(x))
 
@@ -160,14 +179,20 @@ def shared_prefix_logprobs(model, input_ids: Tensor, attention_mask: Tensor, n_c
     causal_c = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
     # Completion queries see the valid prompt keys (never none) and the valid completion keys up to themselves.
     mask_c = torch.cat([pm[rows][:, None, :].expand(n, C, P), causal_c & cm[:, None, :]], dim=2)[:, None]
+    groups = spec.n_heads // spec.n_kv_heads
+    mask_p, mask_c = group_mask(mask_p, groups, x.dtype), group_mask(mask_c, groups, x.dtype)
 
     def layer_fn(index: int, layer, x: Tensor) -> Tensor:
         return blocks.layer(index, layer, x, cos, sin, rows, mask_p, mask_c, spec)
 
     ckpt = lm.training and torch.is_grad_enabled() and any(
         getattr(layer, "gradient_checkpointing", False) for layer in body.layers)
+    if ckpt:  # each layer under the model's own checkpoint function (HF's: reentrant or not, as configured)
+        run = getattr(body.layers[0], "_gradient_checkpointing_func", None) or partial(checkpoint, use_reentrant=False)
+        if not x.requires_grad:  # reentrant checkpointing passes gradients only to inputs that require them
+            x = x.detach().requires_grad_()
     for i, layer in enumerate(body.layers):
-        x = checkpoint(layer_fn, i, layer, x, use_reentrant=False) if ckpt else layer_fn(i, layer, x)
+        x = run(layer_fn, i, layer, x) if ckpt else layer_fn(i, layer, x)
     x = x[0]
     xp, xc = x[:Tp].view(u, P, -1), x[Tp:].view(n, C, -1)
     # The last prompt position predicts completion token 0; completion position t predicts t + 1.
