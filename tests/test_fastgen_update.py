@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 from stonklib.fastgen import FastSampler, UnsupportedModelError
 from stonklib.fastgen.logprobs import pick_logprobs, shared_prefix_logprobs
 from stonklib.fastgen.update import DenseBlocks, DenseLogprobs
+from stonklib.fastgen.weights import FusedLinear
 from stonklib.rollout import completion_logprobs
 from tests.test_fastgen import TOK, _dequantised, grpo_batch, lora, perturb_lora, tiny_model
 
@@ -267,7 +268,14 @@ def test_sampler_refreshes_its_merged_copy_from_the_dense_update_base():
     assert all(lw.qkv.base is not None and lw.o.base is not None for lw in fs.weights.layers)
     assert all(lw.gate_up.base is None for lw in fs.weights.layers)  # no adapter there: nothing to merge
     perturb_lora(policy, 45, scale=0.5)
-    fs.refresh(policy)
+    calls = []
+    orig = FusedLinear.refresh
+    FusedLinear.refresh = lambda self: calls.append(self) or orig(self)
+    try:
+        fs.refresh(policy)
+    finally:
+        FusedLinear.refresh = orig
+    assert calls == []  # q|k|v and o of every layer in one batched refresh each
     fresh = FastSampler(policy, TOK, max_batch=2, max_len=16)  # merged module by module, base re-read
     for got, want in zip(fs.weights.layers, fresh.weights.layers, strict=True):
         for name in ("qkv", "o"):
