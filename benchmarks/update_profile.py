@@ -7,7 +7,9 @@ Run (from the repository root)::
 For each variant the trainer is built as ``grpo_throughput.py`` builds "ours" (same model, shapes,
 NF4 + LoRA, KL, gradient checkpointing); ``modules`` runs the update's log-prob passes through the
 model's PEFT/bitsandbytes modules (``dense_update=False``), ``dense`` over dense base weights
-(``dense_update=True``, :mod:`stonklib.fastgen.update`). After ``--warmup`` full steps, the last
+(``dense_update=True``, :mod:`stonklib.fastgen.update`; its LoRA matmuls in bf16, the default
+``lora_matmul_dtype="model"``), ``dense_fp32_lora`` the same with the LoRA matmuls in float32
+(``lora_matmul_dtype="adapter"``). After ``--warmup`` full steps, the last
 step's rollout is kept and the update alone (reference pass, policy pass, loss, backward with
 checkpoint recompute, clip, AdamW) is run on it:
 
@@ -46,7 +48,8 @@ import grpo_throughput as gt  # noqa: E402
 
 # name: (TrainConfig overrides, environment)
 VARIANTS = {"modules": ({"dense_update": False}, {}),
-            "dense": ({"dense_update": True}, {})}
+            "dense": ({"dense_update": True}, {}),
+            "dense_fp32_lora": ({"dense_update": True, "lora_matmul_dtype": "adapter"}, {})}
 
 
 def capture_update_inputs(trainer, ids, mask, examples, warmup: int):

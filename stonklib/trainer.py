@@ -107,7 +107,8 @@ class GRPOTrainer:
         self.scheduler = _make_scheduler(cfg, self.optimizer, self.total_steps)
         self.sampler = sampler or HFSampler(policy, tokenizer)
         self.logprobs = pick_logprobs(policy, shared_prefix=cfg.shared_prefix_logprobs, dense=cfg.dense_update,
-                                      sampler_weights=getattr(self.sampler, "weights", None))
+                                      sampler_weights=getattr(self.sampler, "weights", None),
+                                      lora_matmul_dtype=cfg.lora_matmul_dtype)
         self.forward = _PolicyLogprobs(policy, self.logprobs)
         if dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -37,13 +37,14 @@ from stonklib.rollout import completion_logprobs
 
 
 def pick_logprobs(model, shared_prefix: bool = True, dense: bool = False,
-                  sampler_weights: DecoderWeights | None = None) -> Callable[..., Tensor]:
+                  sampler_weights: DecoderWeights | None = None, lora_matmul_dtype: str = "adapter") -> Callable[..., Tensor]:
     """The update's log-prob function: the full forward, :func:`shared_prefix_logprobs`, or its dense variant.
 
     ``shared_prefix`` asks for :func:`shared_prefix_logprobs` (architectures it does not implement get
     the full forward); ``dense`` for :class:`~stonklib.fastgen.update.DenseLogprobs` on top of it, which
     is used when it costs little memory: the base weights are dense already (no quantisation), or
     ``sampler_weights`` (FastSampler's dense copy) can lend the adapter-free projections.
+    ``lora_matmul_dtype`` goes to :class:`~stonklib.fastgen.update.DenseLogprobs`.
     """
     if not shared_prefix:
         return completion_logprobs
@@ -55,7 +56,7 @@ def pick_logprobs(model, shared_prefix: bool = True, dense: bool = False,
         from stonklib.fastgen.update import DenseLogprobs
 
         try:
-            return DenseLogprobs(model, sampler_weights)
+            return DenseLogprobs(model, sampler_weights, lora_matmul_dtype=lora_matmul_dtype)
         except UnsupportedModelError:
             pass
     return shared_prefix_logprobs

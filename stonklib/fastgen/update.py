@@ -14,8 +14,11 @@ recompute) plus a backward pass, so that per-call work adds up.
   2.3 GB on a 1.5B model, stored once); adapted modules keep their own unmerged base copy (q/k/v/o:
   about 0.3 GB on a 1.5B model);
 - **LoRA** is applied unmerged from the adapter's own parameters, as PEFT does: the input cast to the
-  adapter's dtype, one dropout mask per adapted module (the module's dropout, honouring its training
-  flag), ``B(A(x)) * scaling`` cast back and added. Gradients reach the same ``lora_A``/``lora_B``
+  matmul dtype, one dropout mask per adapted module (the module's dropout, honouring its training
+  flag), ``B(A(x)) * scaling`` cast back and added. The matmul dtype is the adapter's (float32, PEFT's
+  eager numerics) or, with ``lora_matmul_dtype="model"`` (the trainer's default), the base weights'
+  (bf16 on GPU, as under autocast); q|k|v's three adapters run as one dropout, one batched matmul and
+  one block-diagonal matmul. Gradients reach the same ``lora_A``/``lora_B``
   parameters, so the optimizer, DDP and checkpoints see no difference;
 - ``model.disable_adapter()`` is honoured at call time (the reference pass).
 
@@ -69,33 +72,36 @@ class DenseProjection:
         return args if any(args) else None
 
 
-def _with_lora(out: Tensor, x: Tensor, lora: tuple | None, rows: tuple[int, ...]) -> Tensor:
+def _with_lora(out: Tensor, x: Tensor, lora: tuple | None, rows: tuple[int, ...], dtype: torch.dtype | None = None) -> Tensor:
     """``out`` plus each stacked module's LoRA output, computed as PEFT does.
 
-    Per adapter: ``x`` cast to the adapter's dtype, dropout (a mask of its own per module, as PEFT
-    draws one per module), ``B(A(.)) * scaling``, cast to ``out``'s dtype. Modules without an active
-    adapter add nothing. The usual case (one adapter per module, one rank, dtype and dropout rate)
-    runs as a few batched ops (:func:`_stacked_lora_delta`); anything else module by module.
+    Per adapter: ``x`` cast to the matmul dtype (``dtype``; None: the adapter's, as PEFT), dropout (a
+    mask of its own per module, as PEFT draws one per module), ``B(A(.)) * scaling``, cast to
+    ``out``'s dtype. ``A`` and ``B`` are cast to that dtype too (differentiably: their gradients
+    arrive in their own dtype, as under autocast). Modules without an active adapter add nothing. The
+    usual case (one adapter per module, one rank, dtype and dropout rate) runs as a few batched ops
+    (:func:`_stacked_lora_delta`); anything else module by module.
     """
     if lora is None:
         return out
     if all(len(parts) == 1 for parts in lora) and len({(a.dtype, a.shape[0], p) for ((a, _, _, p),) in lora}) == 1:
-        return out + _stacked_lora_delta(x, lora, rows).to(out.dtype)
+        return out + _stacked_lora_delta(x, lora, rows, dtype).to(out.dtype)
     deltas, cast = [], {}
     for parts, r in zip(lora, rows, strict=True):
         d = None
         for a, b, scaling, p in parts:
-            h = cast.setdefault(a.dtype, x.to(a.dtype))  # one cast shared by the stacked modules
+            dt = dtype or a.dtype
+            h = cast.setdefault(dt, x.to(dt))  # one cast shared by the stacked modules
             if p > 0:
                 h = F.dropout(h, p, training=True)
-            o = (F.linear(F.linear(h, a), b) * scaling).to(out.dtype)
+            o = (F.linear(F.linear(h, a.to(dt)), b.to(dt)) * scaling).to(out.dtype)
             d = o if d is None else d + o
         deltas.append(d if d is not None else out.new_zeros(*out.shape[:-1], r))
     return out + (torch.cat(deltas, -1) if len(deltas) > 1 else deltas[0])
 
 
-def _stacked_lora_delta(x: Tensor, lora: tuple, rows: tuple[int, ...]) -> Tensor:
-    """The ``m`` stacked modules' ``B_i(A_i(dropout_i(x))) * s_i``, side by side [..., sum(rows)], in the adapters' dtype.
+def _stacked_lora_delta(x: Tensor, lora: tuple, rows: tuple[int, ...], dtype: torch.dtype | None = None) -> Tensor:
+    """The ``m`` stacked modules' ``B_i(A_i(dropout_i(x))) * s_i``, side by side [..., sum(rows)], in ``dtype`` (None: the adapters').
 
     One cast of ``x``; one dropout over ``m`` broadcast copies of it (independent masks, one per
     module) and one batched matmul with the stacked ``A``s (without dropout, one matmul with the
@@ -103,9 +109,10 @@ def _stacked_lora_delta(x: Tensor, lora: tuple, rows: tuple[int, ...]) -> Tensor
     values as module by module (float32 rounding aside), in about a third of the kernels.
     """
     a0, _, _, p = lora[0][0]
-    h = x.reshape(-1, x.shape[-1]).to(a0.dtype)
+    dt = dtype or a0.dtype
+    h = x.reshape(-1, x.shape[-1]).to(dt)
     m, r, n = len(lora), a0.shape[0], h.shape[0]
-    a_all = torch.cat([a for ((a, _, _, _),) in lora])  # [m * r, in]
+    a_all = torch.cat([a for ((a, _, _, _),) in lora]).to(dt)  # [m * r, in]
     if p > 0 and m > 1:
         z = torch.bmm(F.dropout(h.expand(m, n, h.shape[1]), p, training=True), a_all.view(m, r, -1).transpose(1, 2))
         z = z.transpose(0, 1).reshape(n, m * r)
@@ -113,9 +120,9 @@ def _stacked_lora_delta(x: Tensor, lora: tuple, rows: tuple[int, ...]) -> Tensor
         z = F.linear(F.dropout(h, p, training=True) if p > 0 else h, a_all)
     if m == 1:
         (_, b, s, _), = lora[0]
-        b_all = b * s
+        b_all = (b * s).to(dt)
     else:
-        b_all = torch.block_diag(*(b * s for ((_, b, s, _),) in lora))  # [sum(rows), m * r]
+        b_all = torch.block_diag(*(b * s for ((_, b, s, _),) in lora)).to(dt)  # [sum(rows), m * r]
     return F.linear(z, b_all).view(*x.shape[:-1], sum(rows))
 
 
@@ -123,18 +130,19 @@ def dense_layer(x: Tensor, cos: Tensor, sin: Tensor, rows: Tensor, mask_p: Tenso
                 ln_attn: Tensor, qkv_w: Tensor, qkv_b: Tensor | None, qkv_lora: tuple | None,
                 o_w: Tensor, o_b: Tensor | None, o_lora: tuple | None,
                 ln_mlp: Tensor, gate_up_w: Tensor, gate_up_b: Tensor | None, down_w: Tensor, down_b: Tensor | None,
-                *, qkv_rows: tuple[int, ...], n_heads: int, n_kv: int, head_dim: int, eps: float) -> Tensor:
+                *, qkv_rows: tuple[int, ...], n_heads: int, n_kv: int, head_dim: int, eps: float,
+                lora_dtype: torch.dtype | None = None) -> Tensor:
     """One Llama/Qwen2 layer over the flat shared-prefix stream, as a pure function of tensors.
 
     ``x`` is [1, T, hidden]; the geometry arguments are those of
     :func:`~stonklib.fastgen.logprobs.attend_shared_prefix`; ``*_lora`` come from
-    :meth:`DenseProjection.lora_args`. Its only randomness is the LoRA dropout, drawn from torch's
+    :meth:`DenseProjection.lora_args`, their matmuls in ``lora_dtype`` (None: the adapters'). Its only randomness is the LoRA dropout, drawn from torch's
     generator, so activation checkpointing replays the same masks.
     """
     h = rms_norm(x, ln_attn, eps)
-    qkv = _with_lora(F.linear(h, qkv_w, qkv_b), h, qkv_lora, qkv_rows)
+    qkv = _with_lora(F.linear(h, qkv_w, qkv_b), h, qkv_lora, qkv_rows, lora_dtype)
     a = attend_shared_prefix(qkv, cos, sin, rows, mask_p, mask_c, n_heads, n_kv, head_dim)[None]
-    x = x + _with_lora(F.linear(a, o_w, o_b), a, o_lora, (o_w.shape[0],))
+    x = x + _with_lora(F.linear(a, o_w, o_b), a, o_lora, (o_w.shape[0],), lora_dtype)
     h = rms_norm(x, ln_mlp, eps)
     if train_kernels.enabled(h):  # one gate|up matmul, SiLU-gating fused (forward and backward)
         act = swiglu(F.linear(h, gate_up_w, gate_up_b))
@@ -159,14 +167,19 @@ class DenseBlocks:
     """A Llama/Qwen2 layer's projections, norms and MLP over dense base weights (see the module docstring).
 
     ``shared`` is a :class:`~stonklib.fastgen.weights.DecoderWeights` (FastSampler's) whose
-    adapter-free projections are reused instead of copied.
+    adapter-free projections are reused instead of copied. ``lora_matmul_dtype``: ``"adapter"`` runs
+    the LoRA matmuls in the adapters' dtype (float32, as PEFT's eager modules), ``"model"`` in the base
+    weights' dtype (bf16 on GPU, as under autocast); parameters and gradients keep their dtype.
     """
 
-    def __init__(self, model, shared: DecoderWeights | None = None):
+    def __init__(self, model, shared: DecoderWeights | None = None, lora_matmul_dtype: str = "adapter"):
         lm = causal_lm(model)
         self.spec = ArchSpec.from_model(model)
         emb = lm.get_input_embeddings().weight
         dtype, device = emb.dtype, emb.device
+        if lora_matmul_dtype not in ("model", "adapter"):
+            raise ValueError(f"lora_matmul_dtype={lora_matmul_dtype!r}: use model or adapter.")
+        self.lora_dtype = dtype if lora_matmul_dtype == "model" else None
         # Storage that is not this object's own: the sampler's dense copy and the model's dense weights.
         self._borrowed = {t.data_ptr() for t in causal_lm(model).parameters()}
         if shared is not None:
@@ -196,7 +209,7 @@ class DenseBlocks:
                            lp.o.weight, lp.o.bias, lp.o.lora_args(),
                            layer.post_attention_layernorm.weight, lp.gate_up.weight, lp.gate_up.bias,
                            lp.down.weight, lp.down.bias, qkv_rows=lp.qkv.rows, n_heads=spec.n_heads,
-                           n_kv=spec.n_kv_heads, head_dim=spec.head_dim, eps=spec.rms_eps)
+                           n_kv=spec.n_kv_heads, head_dim=spec.head_dim, eps=spec.rms_eps, lora_dtype=self.lora_dtype)
 
     def extra_bytes(self) -> int:
         """Bytes of dense base weights this object added: neither the sampler's nor the model's own tensors."""
@@ -215,8 +228,8 @@ class DenseLogprobs:
 
     __name__ = "dense_shared_prefix_logprobs"
 
-    def __init__(self, model, shared: DecoderWeights | None = None):
-        self.blocks = DenseBlocks(model, shared)
+    def __init__(self, model, shared: DecoderWeights | None = None, lora_matmul_dtype: str = "adapter"):
+        self.blocks = DenseBlocks(model, shared, lora_matmul_dtype)
 
     def __call__(self, model, input_ids: Tensor, attention_mask: Tensor, n_completion: int,
                  temperature: float = 1.0, chunk_tokens: int = 1024) -> Tensor:
