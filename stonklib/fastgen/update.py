@@ -46,6 +46,7 @@ from stonklib.fastgen.weights import (
     DecoderWeights,
     FusedLinear,
     _plain_linear,
+    block_scale,
     causal_lm,
     lora_parts,
     stacked_dense,
@@ -105,7 +106,8 @@ def _stacked_lora_delta(x: Tensor, lora: tuple, rows: tuple[int, ...], dtype: to
 
     One cast of ``x``; one dropout over ``m`` broadcast copies of it (independent masks, one per
     module) and one batched matmul with the stacked ``A``s (without dropout, one matmul with the
-    concatenated ``A``s); then one matmul with the block-diagonal of the scaled ``B``s. The same
+    concatenated ``A``s); then one matmul with the block-diagonal of the scaled ``B``s (built as the
+    stacked ``B``s times a cached 0/scaling pattern). The same
     values as module by module (float32 rounding aside), in about a third of the kernels.
     """
     a0, _, _, p = lora[0][0]
@@ -120,10 +122,13 @@ def _stacked_lora_delta(x: Tensor, lora: tuple, rows: tuple[int, ...], dtype: to
         z = F.linear(F.dropout(h, p, training=True) if p > 0 else h, a_all)
     if m == 1:
         (_, b, s, _), = lora[0]
-        b_all = (b * s).to(dt)
-    else:
-        b_all = torch.block_diag(*(b * s for ((_, b, s, _),) in lora)).to(dt)  # [sum(rows), m * r]
+        b_all = b.to(dt) * s
+    else:  # the block-diagonal of the scaled Bs, [sum(rows), m * r]: B_i's rows times s_i in column block i
+        b_cat = torch.cat([b for ((_, b, _, _),) in lora]).to(dt)
+        scale = block_scale(rows, tuple(s for ((_, _, s, _),) in lora), dt, b_cat.device)
+        b_all = (b_cat.unsqueeze(1) * scale).view(sum(rows), m * r)
     return F.linear(z, b_all).view(*x.shape[:-1], sum(rows))
+
 
 
 def dense_layer(x: Tensor, cos: Tensor, sin: Tensor, rows: Tensor, mask_p: Tensor, mask_c: Tensor,

@@ -11,6 +11,7 @@ Refreshes write into the same storage, so CUDA graphs captured over these tensor
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -146,6 +147,21 @@ def lora_delta(mod: nn.Module) -> Tensor | None:
     return sum((p.b.detach().float() @ p.a.detach().float()) * p.scaling for p in parts)
 
 
+@functools.lru_cache(maxsize=64)
+def block_scale(rows: tuple[int, ...], scalings: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """[sum(rows), m, 1]: module i's scaling on its own rows in column i, zero elsewhere.
+
+    ``(B_cat.unsqueeze(1) * block_scale(...)).view(sum(rows), m * r)`` is the block-diagonal of the
+    scaled ``B``s of ``m`` stacked modules (``B_cat`` their ``B``s stacked on the output dim).
+    """
+    scale = torch.zeros(sum(rows), len(rows), 1)
+    start = 0
+    for i, (n, s) in enumerate(zip(rows, scalings, strict=True)):
+        scale[start:start + n, i] = s
+        start += n
+    return scale.to(device=device, dtype=dtype)
+
+
 def stacked_lora_delta(modules: list[nn.Module], rows: list[int] | tuple[int, ...], in_features: int,
                        device: torch.device) -> Tensor:
     """The modules' :func:`lora_delta` stacked on the output dim (float32 [sum(rows), in]; zeros where none).
@@ -194,7 +210,6 @@ class FusedLinear:
         # update's, :class:`~stonklib.fastgen.update.DenseBlocks`); refresh() then reads it instead of
         # dequantising the base again.
         self.base: Tensor | None = None
-        self._block_scale: Tensor | None = None  # cached by DecoderWeights' batched refresh
         self.refresh()
 
     def refresh(self) -> None:
@@ -294,16 +309,10 @@ def _refresh_layers(group: list[FusedLinear]) -> bool:
     f0 = group[0]
     L, m, r, dev = len(group), len(parts[0]), parts[0][0].a.shape[0], f0.weight.device
     rows = sum(f0.rows)
-    if f0._block_scale is None:  # [rows, m, 1]: module i's scaling on its rows, 0 elsewhere
-        scale = torch.zeros(rows, m, 1)
-        start = 0
-        for i, (p, n) in enumerate(zip(parts[0], f0.rows, strict=True)):
-            scale[start:start + n, i] = p.scaling
-            start += n
-        f0._block_scale = scale.to(dev)
+    scale = block_scale(tuple(f0.rows), tuple(p.scaling for p in parts[0]), torch.float32, dev)
     a = torch.stack([p.a.detach() for ps in parts for p in ps]).to(dev, torch.float32).view(L, m * r, -1)
     b = torch.cat([p.b.detach() for ps in parts for p in ps]).to(dev, torch.float32).view(L, rows, 1, r)
-    deltas = list(torch.bmm((b * f0._block_scale).view(L, rows, m * r), a).unbind(0))
+    deltas = list(torch.bmm((b * scale).view(L, rows, m * r), a).unbind(0))
     torch._foreach_add_(deltas, [f.base for f in group])
     torch._foreach_copy_([f.weight for f in group], deltas)
     return True
