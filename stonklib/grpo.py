@@ -37,6 +37,8 @@ Log-probs of the chosen tokens come from :func:`selective_log_softmax` (from log
 :func:`logprobs_from_hidden` (from the last hidden states and the lm-head weight), both chunked
 so that neither the float32 ``[B, T, V]`` tensor nor (for the latter) the bf16 logits ever exist
 whole; with autograd on, each chunk is recomputed in the backward pass (activation checkpointing).
+On CUDA each chunk's log-softmax and gather is one Triton kernel each way
+(:mod:`stonklib.fastgen.kernels.logp`: one read of the chunk's logits, no float32 copy).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ optimisation epoch per batch (μ = 1):
    Llama/Qwen2 models each group's prompt goes through the network once
    (:func:`stonklib.fastgen.logprobs.shared_prefix_logprobs`, ``shared_prefix_logprobs``), by
    default over dense base weights with the LoRA applied unmerged
-   (:class:`stonklib.fastgen.update.DenseLogprobs`, ``dense_update``); other architectures use
+   (:class:`stonklib.fastgen.update.DenseLogprobs`, ``dense_update``; its LoRA matmuls in the
+   weights' dtype, ``lora_matmul_dtype``); other architectures use
    the full forward (:func:`stonklib.rollout.completion_logprobs`);
 6. :func:`stonklib.grpo.grpo_loss` (clipped surrogate + β·k3 KL), backward with
    gradient accumulation, clip the norm, AdamW, LR schedule.

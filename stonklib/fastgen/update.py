@@ -22,12 +22,13 @@ recompute) plus a backward pass, so that per-call work adds up.
   parameters, so the optimizer, DDP and checkpoints see no difference;
 - ``model.disable_adapter()`` is honoured at call time (the reference pass).
 
-``q``, ``k`` and ``v`` are one matmul over the stacked weights; ``gate`` and ``up`` two (their
-contiguous outputs keep SiLU and the product vectorised); each RMSNorm's float32 part is one
-``F.rms_norm``. In bf16 the results differ from the module path's by rounding only (on an H100
-0.13 nats at most on log-probs of ~11, 3.4 % on the LoRA gradient; on CPU in bf16 neither path is
-further from float32 than the other). :class:`DenseLogprobs` plugs the blocks into
-:func:`~stonklib.fastgen.logprobs.shared_prefix_logprobs`.
+``q``, ``k`` and ``v`` are one matmul over the stacked weights. On CUDA the RMSNorms, SwiGLU (over one
+gate|up matmul) and RoPE are fused Triton kernels, forward and backward
+(:mod:`stonklib.fastgen.kernels.train`); elsewhere gate and up are two matmuls (contiguous outputs keep
+SiLU and the product vectorised) and each RMSNorm's float32 part is one ``F.rms_norm``. In bf16 the
+results differ from the module path's by rounding only (on an H100 0.12 nats at most on log-probs of
+~11, 3.5 % on the LoRA gradient; on CPU in bf16 neither path is further from float32 than the other).
+:class:`DenseLogprobs` plugs the blocks into :func:`~stonklib.fastgen.logprobs.shared_prefix_logprobs`.
 """
 
 from __future__ import annotations
