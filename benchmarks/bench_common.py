@@ -177,6 +177,18 @@ def machine_name() -> str:
     return f"cpu-{os.cpu_count()}c"
 
 
+def write_result(out_dir: str | Path, filename: str, result: dict) -> Path:
+    """Write ``result`` as indented JSON to ``out_dir/filename`` (the folder made if missing); return the path."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / filename
+    path.write_text(json.dumps(result, indent=2))
+    print("wrote", path, flush=True)
+    return path
+
+
 def versions() -> dict:
     import importlib.metadata as md
 

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_common import machine_name  # noqa: E402
+from bench_common import machine_name, write_result  # noqa: E402
 
 
 def time_call(fn, iters: int) -> float:
@@ -215,9 +215,7 @@ def main(argv=None) -> dict:
             print("   ", name, row, flush=True)
         best1 = [r for r in result["mlp"].get(f"{name}_sweep", []) if r["config"][2] == 1][:1]
         print("    best without split-K:", best1, flush=True)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{machine_name()}-decode_kernels.json").write_text(json.dumps(result, indent=2))
+    write_result(a.out, f"{machine_name()}-decode_kernels.json", result)
     return result
 
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_common import machine_name  # noqa: E402
+from bench_common import machine_name, write_result  # noqa: E402
 
 
 def _time_ms(fn, iters: int = 20) -> float:
@@ -103,9 +103,7 @@ def main(argv=None) -> dict:
         row["speedup"] = row["eager"]["fwd_bwd_ms"] / row["fused"]["fwd_bwd_ms"]
         result[name] = row
         print(name, json.dumps(row), flush=True)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{machine_name()}-train_kernels.json").write_text(json.dumps(result, indent=2))
+    write_result(a.out, f"{machine_name()}-train_kernels.json", result)
     return result
 
 

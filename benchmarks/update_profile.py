@@ -29,7 +29,6 @@ Writes ``<out>/<machine>-update_profile-<shape>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -178,11 +177,7 @@ def main(argv=None) -> dict:
             if name not in VARIANTS:
                 raise SystemExit(f"unknown variant {name!r}: use {', '.join(VARIANTS)}.")
             result["variants"][name] = run_variant(a, shape, model_dir, texts, examples, work, name)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{result['machine']}-update_profile-{a.shape}.json"
-    path.write_text(json.dumps(result, indent=2))
-    print("wrote", path)
+    bc.write_result(a.out, f"{result['machine']}-update_profile-{a.shape}.json", result)
     return result
 
 
