@@ -21,7 +21,9 @@ checkpoint recompute, clip, AdamW) is run on it:
 - ``peak_mem_gib``: peak allocated memory over the updates (weights and the sampler's copy included);
 - ``check`` (dense variants): the dense path against the module path on the same rollout with dropout
   off: max abs difference of the completion log-probs and the relative L2 difference of the LoRA
-  gradients (bf16 rounding is expected).
+  gradients (bf16 rounding is expected);
+- ``ref_graph`` (dense variants): the reference pass replayed from its CUDA graph against the same
+  pass run eagerly (max abs difference; how many graphs were captured and replayed).
 
 Writes ``<out>/<machine>-update_profile-<shape>.json``.
 """
@@ -112,6 +114,21 @@ def dense_check(trainer, roll) -> dict:
     return out
 
 
+def ref_graph_check(trainer, roll) -> dict:
+    """The reference pass replayed from its CUDA graph against the same pass run eagerly (max abs difference)."""
+    from stonklib.fastgen.logprobs import StreamGeometry, stream_logprobs
+    from stonklib.models import adapters_off
+
+    fn, C, T = trainer.logprobs, roll.completion_ids.shape[1], trainer.cfg.temperature
+    with torch.no_grad(), adapters_off(trainer.policy):
+        graphed = fn(trainer.policy, roll.input_ids, roll.attention_mask, C, T)
+        geo = StreamGeometry.of(trainer.policy, roll.input_ids, roll.attention_mask, C)
+        eager = stream_logprobs(trainer.policy, geo, T, blocks=fn.blocks)
+    keep = roll.completion_mask.bool()
+    return {"max_abs_diff": float((graphed - eager)[keep].abs().max()), "captures": fn.graphs.captures,
+            "replays": fn.graphs.replays}
+
+
 def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
     overrides, env = VARIANTS[name]
     os.environ.update(env)
@@ -132,11 +149,12 @@ def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
         out |= bc.cuda_kernel_profile(trainer._update, roll, adv, top=25)
     if name.startswith("dense"):
         out["check"] = dense_check(trainer, roll)
+        out["ref_graph"] = ref_graph_check(trainer, roll)
     if hasattr(trainer.logprobs, "blocks"):
         out["dense_extra_gib"] = trainer.logprobs.blocks.extra_bytes() / 2**30
     print(f"   update {out['update_s_median']:.3f} s, parts {out['parts']}, kernels "
           f"{out.get('kernel_ms', 0):.1f} ms in {out.get('kernels', 0)}, peak {out['peak_mem_gib']}, "
-          f"check {out.get('check')}", flush=True)
+          f"check {out.get('check')}, reference graph {out.get('ref_graph')}", flush=True)
     log.close()
     del trainer
     bc.free_memory()

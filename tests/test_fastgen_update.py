@@ -292,3 +292,40 @@ def test_sampler_refreshes_its_merged_copy_from_the_dense_update_base():
     changed = (fs.weights.layers[0].qkv.weight != before).any(1)
     q, k = fs.weights.layers[0].qkv.rows[:2]
     assert not changed[:q].any() and changed[q:q + k].all() and not changed[q + k:].any()  # only k's rows moved
+
+
+def test_reference_graphs_capture_on_the_second_sight_of_a_shape_and_follow_new_inputs(monkeypatch):
+    """GraphedStream's bookkeeping, on CPU with a stand-in for the CUDA graph (a replay that recomputes
+    into the captured output): first sight of a shape runs eagerly, the second captures, later calls
+    copy their inputs into the captured buffers; at most max_graphs shapes are kept."""
+    from stonklib.fastgen.logprobs import StreamGeometry, stream_logprobs
+    from stonklib.fastgen.refgraph import GraphedStream
+
+    class FakeGraph:
+        def __init__(self, fn, out):
+            self.fn, self.out = fn, out
+
+        def replay(self):
+            self.out.copy_(self.fn())
+
+    def fake_record(fn):
+        out = fn()
+        return FakeGraph(fn, out), out
+
+    monkeypatch.setattr(GraphedStream, "_record", staticmethod(fake_record))
+    policy = lora(tiny_model("qwen2", seed=61))
+    dense = DenseLogprobs(policy)
+    graphs = GraphedStream(max_graphs=1)
+    ids, attn, _ = grpo_batch(seed=62)
+    ids2, attn2, _ = grpo_batch(seed=63)
+    with torch.no_grad():
+        geo, geo2 = StreamGeometry.of(policy, ids, attn, 5), StreamGeometry.of(policy, ids2, attn2, 5)
+        eager, eager2 = (stream_logprobs(policy, g, 0.7, 1024, dense.blocks) for g in (geo, geo2))
+        assert graphs(policy, geo, 0.7, 1024, dense.blocks) is None and graphs.captures == 0  # first sight
+        torch.testing.assert_close(graphs(policy, geo, 0.7, 1024, dense.blocks), eager)  # captured, replayed
+        torch.testing.assert_close(graphs(policy, geo2, 0.7, 1024, dense.blocks), eager2)  # same shape, new inputs
+        assert graphs.captures == 1 and graphs.replays == 2
+        short = StreamGeometry.of(policy, ids[:, :-1], attn[:, :-1], 4)  # another shape: eager, then its own graph
+        assert graphs(policy, short, 0.7, 1024, dense.blocks) is None
+        graphs(policy, short, 0.7, 1024, dense.blocks)
+        assert graphs.captures == 2 and len(graphs.graphs) == 1  # max_graphs=1: the first shape's graph went

@@ -23,6 +23,7 @@ prompt token, shared by the group's rows, instead of one per row.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -152,39 +153,75 @@ def shared_prefix_logprobs(model, input_ids: Tensor, attention_mask: Tensor, n_c
     ``blocks`` runs each layer (:class:`ModuleBlocks`: the model's modules;
     :class:`stonklib.fastgen.update.DenseBlocks`: dense base weights plus the LoRA parameters).
     """
-    lm = causal_lm(model)
-    spec = ArchSpec.from_model(model)  # checks the architecture is one we implement
-    body = lm.model
-    P = input_ids.shape[1] - n_completion
-    p_ids, p_mask = input_ids[:, :P], attention_mask[:, :P]
-    c_ids, c_mask = input_ids[:, P:], attention_mask[:, P:]
-    rows = prompt_groups(p_ids, p_mask)
-    first = torch.cat([rows.new_ones(1), (rows[1:] != rows[:-1]).long()]).bool()
-    u_ids, u_mask = p_ids[first], p_mask[first]
+    return stream_logprobs(model, StreamGeometry.of(model, input_ids, attention_mask, n_completion), temperature,
+                           chunk_tokens, blocks)
 
-    # Positions as completion_logprobs assigns them: cumsum of the full mask, minus one, clamped.
-    pos_p = (u_mask.long().cumsum(-1) - 1).clamp(min=0)
-    pos_c = (u_mask.long().sum(-1)[rows, None] + c_mask.long().cumsum(-1) - 1).clamp(min=0)
-    # Prompt and completion tokens travel as one flat [T, hidden] stream (T = U*P + N*C), so every
-    # projection, norm and MLP is one call over both, as in the full forward; only attention splits them.
-    Tp = u_ids.numel()
-    x = body.embed_tokens(torch.cat([u_ids.reshape(-1), c_ids.reshape(-1)]))[None]  # [1, T, hidden]
-    cos, sin = body.rotary_emb(x, torch.cat([pos_p.reshape(-1), pos_c.reshape(-1)])[None])
+
+@dataclass
+class StreamGeometry:
+    """The flat stream of :func:`shared_prefix_logprobs` (each group's prompt once, then the completions).
+
+    All tensors, of shapes fixed by the batch's (rows, prompt length, completion length, distinct
+    prompts): ``ids``/``positions`` [T] (T = U*P + N*C), ``rows`` [N] each completion's prompt,
+    ``mask_p`` [U, 1, g*P, P] and ``mask_c`` [N, 1, g*C, P + C] the additive masks of
+    :func:`group_mask`, ``c_ids`` [N, C] the completion tokens. Building it needs a host sync (the
+    distinct prompts); running the network on it (:func:`stream_logprobs`) does not.
+    """
+
+    ids: Tensor
+    positions: Tensor
+    rows: Tensor
+    mask_p: Tensor
+    mask_c: Tensor
+    c_ids: Tensor
+
+    @classmethod
+    def of(cls, model, input_ids: Tensor, attention_mask: Tensor, n_completion: int) -> StreamGeometry:
+        spec = ArchSpec.from_model(model)  # checks the architecture is one we implement
+        dtype = causal_lm(model).get_input_embeddings().weight.dtype
+        P = input_ids.shape[1] - n_completion
+        p_ids, p_mask = input_ids[:, :P], attention_mask[:, :P]
+        c_ids, c_mask = input_ids[:, P:], attention_mask[:, P:]
+        rows = prompt_groups(p_ids, p_mask)
+        first = torch.cat([rows.new_ones(1), (rows[1:] != rows[:-1]).long()]).bool()
+        u_ids, u_mask = p_ids[first], p_mask[first]
+        # Positions as completion_logprobs assigns them: cumsum of the full mask, minus one, clamped.
+        pos_p = (u_mask.long().cumsum(-1) - 1).clamp(min=0)
+        pos_c = (u_mask.long().sum(-1)[rows, None] + c_mask.long().cumsum(-1) - 1).clamp(min=0)
+        dev, n, C = input_ids.device, c_ids.shape[0], n_completion
+        pm, cm = u_mask.bool(), c_mask.bool()
+        eye_p = torch.eye(P, dtype=torch.bool, device=dev)
+        # A query that would see no key (a left pad) sees itself, so SDPA never returns NaN; unused.
+        mask_p = ((torch.ones(P, P, dtype=torch.bool, device=dev).tril() & pm[:, None, :]) | eye_p)[:, None]
+        causal_c = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
+        # Completion queries see the valid prompt keys (never none) and the valid completion keys up to themselves.
+        mask_c = torch.cat([pm[rows][:, None, :].expand(n, C, P), causal_c & cm[:, None, :]], dim=2)[:, None]
+        groups = spec.n_heads // spec.n_kv_heads
+        # Prompt and completion tokens travel as one flat [T, hidden] stream, so every projection, norm
+        # and MLP is one call over both, as in the full forward; only attention splits them.
+        return cls(ids=torch.cat([u_ids.reshape(-1), c_ids.reshape(-1)]),
+                   positions=torch.cat([pos_p.reshape(-1), pos_c.reshape(-1)]), rows=rows,
+                   mask_p=group_mask(mask_p, groups, dtype), mask_c=group_mask(mask_c, groups, dtype), c_ids=c_ids)
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return self.ids, self.positions, self.rows, self.mask_p, self.mask_c, self.c_ids
+
+
+def stream_logprobs(model, geo: StreamGeometry, temperature: float = 1.0, chunk_tokens: int = 1024,
+                    blocks=MODULE_BLOCKS) -> Tensor:
+    """The network and the log-prob head over a :class:`StreamGeometry` (no host sync: CUDA-graph safe without grad)."""
+    lm = causal_lm(model)
+    spec = ArchSpec.from_model(model)
+    body = lm.model
+    u, P = geo.mask_p.shape[0], geo.mask_p.shape[3]
+    n, C = geo.c_ids.shape
+    Tp = u * P
+    x = body.embed_tokens(geo.ids)[None]  # [1, T, hidden]
+    cos, sin = body.rotary_emb(x, geo.positions[None])
     cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [T, 1, D]
 
-    dev, u, n, C = input_ids.device, u_ids.shape[0], c_ids.shape[0], n_completion
-    pm, cm = u_mask.bool(), c_mask.bool()
-    eye_p = torch.eye(P, dtype=torch.bool, device=dev)
-    # A query that would see no key (a left pad) sees itself, so SDPA never returns NaN; unused.
-    mask_p = ((torch.ones(P, P, dtype=torch.bool, device=dev).tril() & pm[:, None, :]) | eye_p)[:, None]
-    causal_c = torch.ones(C, C, dtype=torch.bool, device=dev).tril()
-    # Completion queries see the valid prompt keys (never none) and the valid completion keys up to themselves.
-    mask_c = torch.cat([pm[rows][:, None, :].expand(n, C, P), causal_c & cm[:, None, :]], dim=2)[:, None]
-    groups = spec.n_heads // spec.n_kv_heads
-    mask_p, mask_c = group_mask(mask_p, groups, x.dtype), group_mask(mask_c, groups, x.dtype)
-
     def layer_fn(index: int, layer, x: Tensor) -> Tensor:
-        return blocks.layer(index, layer, x, cos, sin, rows, mask_p, mask_c, spec)
+        return blocks.layer(index, layer, x, cos, sin, geo.rows, geo.mask_p, geo.mask_c, spec)
 
     ckpt = lm.training and torch.is_grad_enabled() and any(
         getattr(layer, "gradient_checkpointing", False) for layer in body.layers)
@@ -197,7 +234,7 @@ def shared_prefix_logprobs(model, input_ids: Tensor, attention_mask: Tensor, n_c
     x = x[0]
     xp, xc = x[:Tp].view(u, P, -1), x[Tp:].view(n, C, -1)
     # The last prompt position predicts completion token 0; completion position t predicts t + 1.
-    h = torch.cat([body.norm(xp[:, -1:])[rows], body.norm(xc[:, :-1])], dim=1)
+    h = torch.cat([body.norm(xp[:, -1:])[geo.rows], body.norm(xc[:, :-1])], dim=1)
     head = lm.get_output_embeddings()
-    return logprobs_from_hidden(h, head.weight, c_ids, chunk_tokens=chunk_tokens, bias=getattr(head, "bias", None),
+    return logprobs_from_hidden(h, head.weight, geo.c_ids, chunk_tokens=chunk_tokens, bias=getattr(head, "bias", None),
                                 temperature=temperature)

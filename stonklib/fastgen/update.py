@@ -39,9 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stonklib.fastgen import refgraph
 from stonklib.fastgen.kernels import train as train_kernels
 from stonklib.fastgen.kernels.train import rms_norm, swiglu
-from stonklib.fastgen.logprobs import attend_shared_prefix, shared_prefix_logprobs
+from stonklib.fastgen.logprobs import StreamGeometry, attend_shared_prefix, stream_logprobs
+from stonklib.fastgen.refgraph import GraphedStream
 from stonklib.fastgen.weights import (
     ArchSpec,
     DecoderWeights,
@@ -217,6 +219,10 @@ class DenseBlocks:
                            lp.down.weight, lp.down.bias, qkv_rows=lp.qkv.rows, n_heads=spec.n_heads,
                            n_kv=spec.n_kv_heads, head_dim=spec.head_dim, eps=spec.rms_eps, lora_dtype=self.lora_dtype)
 
+    def adapters_off(self) -> bool:
+        """True when no projection has an active adapter (the reference policy): the pass has no LoRA and no dropout."""
+        return all(proj.lora_args() is None for lp in self.layers for proj in (lp.qkv, lp.o, lp.gate_up, lp.down))
+
     def extra_bytes(self) -> int:
         """Bytes of dense base weights this object added: neither the sampler's nor the model's own tensors."""
         seen, total = set(self._borrowed), 0
@@ -236,8 +242,15 @@ class DenseLogprobs:
 
     def __init__(self, model, shared: DecoderWeights | None = None, lora_matmul_dtype: str = "adapter"):
         self.blocks = DenseBlocks(model, shared, lora_matmul_dtype)
+        self.graphs = GraphedStream()
 
     def __call__(self, model, input_ids: Tensor, attention_mask: Tensor, n_completion: int,
                  temperature: float = 1.0, chunk_tokens: int = 1024) -> Tensor:
-        return shared_prefix_logprobs(model, input_ids, attention_mask, n_completion, temperature, chunk_tokens,
-                                      blocks=self.blocks)
+        """As :func:`~stonklib.fastgen.logprobs.shared_prefix_logprobs`; grad-free passes with every adapter
+        off (the reference pass) replay a CUDA graph once their shape repeats (:mod:`stonklib.fastgen.refgraph`)."""
+        geo = StreamGeometry.of(model, input_ids, attention_mask, n_completion)
+        if not torch.is_grad_enabled() and refgraph.enabled(input_ids) and self.blocks.adapters_off():
+            out = self.graphs(model, geo, temperature, chunk_tokens, self.blocks)
+            if out is not None:
+                return out
+        return stream_logprobs(model, geo, temperature, chunk_tokens, self.blocks)
