@@ -43,7 +43,6 @@ On CUDA each chunk's log-softmax and gather is one Triton kernel each way
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Literal
 
@@ -244,7 +243,9 @@ def logprobs_from_hidden(
 
 
 def _chunk_logp(logits: Tensor, index: Tensor, temperature: float) -> Tensor:
-    if logits.is_cuda and logits.dtype != torch.float64 and _fused_logp():
+    from stonklib.fastgen.kernels import train as fused  # lazily: stonklib.fastgen imports this module
+
+    if logits.dtype != torch.float64 and fused.enabled(logits):  # CUDA with Triton, unless switched off
         from stonklib.fastgen.kernels.logp import token_logprobs
 
         return token_logprobs(logits, index, temperature)  # the same values, one read of the logits
@@ -252,16 +253,6 @@ def _chunk_logp(logits: Tensor, index: Tensor, temperature: float) -> Tensor:
     if temperature != 1.0:
         logits = logits / temperature
     return logits.gather(-1, index.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def _fused_logp() -> bool:
-    """Whether CUDA chunks go through the Triton kernel (:mod:`stonklib.fastgen.kernels.logp`).
-
-    On when Triton is installed; ``STONKLIB_FASTGEN_KERNELS=0`` turns it off with the other kernels.
-    """
-    from stonklib.fastgen.kernels._triton import triton
-
-    return triton is not None and os.environ.get("STONKLIB_FASTGEN_KERNELS", "1") != "0"
 
 
 def _chunk_logp_from_hidden(hidden: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor,

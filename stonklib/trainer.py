@@ -205,9 +205,8 @@ class GRPOTrainer:
             for k, v in stats.items():
                 stats_acc[k] = stats_acc.get(k, 0.0) + v / n_mb
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)  # of the all-reduced grads
-        # Read loss, stats and grad norm in one device sync, after the backward pass: a sync between
-        # the forward and backward passes would stop the host queueing the backward while the GPU
-        # still runs the forward.
+        # One device sync for loss, stats and grad norm, after backward: a sync between forward and
+        # backward would stop the host queueing the backward while the GPU still runs the forward.
         keys = ["loss", *stats_acc, "grad_norm"]
         values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=grad_norm.device)
                               for v in (total_loss, *stats_acc.values(), grad_norm)]).tolist()

@@ -123,15 +123,11 @@ def _stacked_lora_delta(x: Tensor, lora: tuple, rows: tuple[int, ...], dtype: to
         z = z.transpose(0, 1).reshape(n, m * r)
     else:
         z = F.linear(F.dropout(h, p, training=True) if p > 0 else h, a_all)
-    if m == 1:
-        (_, b, s, _), = lora[0]
-        b_all = b.to(dt) * s
-    else:  # the block-diagonal of the scaled Bs, [sum(rows), m * r]: B_i's rows times s_i in column block i
-        b_cat = torch.cat([b for ((_, b, _, _),) in lora]).to(dt)
-        scale = block_scale(rows, tuple(s for ((_, _, s, _),) in lora), dt, b_cat.device)
-        b_all = (b_cat.unsqueeze(1) * scale).view(sum(rows), m * r)
+    # The block-diagonal of the scaled Bs, [sum(rows), m * r]: B_i's rows times s_i in column block i.
+    b_cat = torch.cat([b for ((_, b, _, _),) in lora]).to(dt)
+    scale = block_scale(rows, tuple(s for ((_, _, s, _),) in lora), dt, b_cat.device)
+    b_all = (b_cat.unsqueeze(1) * scale).view(sum(rows), m * r)
     return F.linear(z, b_all).view(*x.shape[:-1], sum(rows))
-
 
 
 def dense_layer(x: Tensor, cos: Tensor, sin: Tensor, rows: Tensor, mask_p: Tensor, mask_c: Tensor,
@@ -144,8 +140,9 @@ def dense_layer(x: Tensor, cos: Tensor, sin: Tensor, rows: Tensor, mask_p: Tenso
 
     ``x`` is [1, T, hidden]; the geometry arguments are those of
     :func:`~stonklib.fastgen.logprobs.attend_shared_prefix`; ``*_lora`` come from
-    :meth:`DenseProjection.lora_args`, their matmuls in ``lora_dtype`` (None: the adapters'). Its only randomness is the LoRA dropout, drawn from torch's
-    generator, so activation checkpointing replays the same masks.
+    :meth:`DenseProjection.lora_args`, their matmuls in ``lora_dtype`` (None: the adapters'). Its only
+    randomness is the LoRA dropout, drawn from torch's generator, so activation checkpointing replays
+    the same masks.
     """
     h = rms_norm(x, ln_attn, eps)
     qkv = _with_lora(F.linear(h, qkv_w, qkv_b), h, qkv_lora, qkv_rows, lora_dtype)

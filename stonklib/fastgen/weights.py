@@ -137,11 +137,16 @@ def lora_parts(mod: nn.Module, names=None) -> list[LoraPart]:
     return parts
 
 
+def active_lora_parts(mod: nn.Module) -> list[LoraPart]:
+    """The adapters of ``mod`` that are active now (none for a plain layer or with adapters disabled)."""
+    if not hasattr(mod, "lora_A") or getattr(mod, "disable_adapters", False):
+        return []
+    return lora_parts(mod, mod.active_adapters)
+
+
 def lora_delta(mod: nn.Module) -> Tensor | None:
     """Sum over active adapters of ``B @ A * scaling`` (float32, [out, in]), or None without an active LoRA."""
-    if not hasattr(mod, "lora_A") or getattr(mod, "disable_adapters", False):
-        return None
-    parts = lora_parts(mod, mod.active_adapters)
+    parts = active_lora_parts(mod)
     if not parts:
         return None
     return sum((p.b.detach().float() @ p.a.detach().float()) * p.scaling for p in parts)
@@ -166,15 +171,9 @@ def stacked_lora_delta(modules: list[nn.Module], rows: list[int] | tuple[int, ..
                        device: torch.device) -> Tensor:
     """The modules' :func:`lora_delta` stacked on the output dim (float32 [sum(rows), in]; zeros where none).
 
-    With one active adapter per module (of one rank) it is one matmul: the block-diagonal of the
-    scaled ``B``s times the stacked ``A``s.
+    The layer-by-layer fallback of :meth:`FusedLinear.refresh`; the usual case is batched over all
+    layers (:func:`_refresh_layers`).
     """
-    parts = [lora_parts(m, m.active_adapters) if hasattr(m, "lora_A") and not m.disable_adapters else []
-             for m in modules]
-    if all(len(p) == 1 for p in parts) and len({p[0].a.shape[0] for p in parts}) == 1:
-        a = torch.cat([p[0].a.detach() for p in parts]).to(device=device, dtype=torch.float32)
-        b = torch.block_diag(*(p[0].b.detach().to(device=device, dtype=torch.float32) * p[0].scaling for p in parts))
-        return b @ a
     deltas = [lora_delta(m) for m in modules]
     return torch.cat([d.to(device) if d is not None else torch.zeros(r, in_features, device=device)
                       for d, r in zip(deltas, rows, strict=True)])
@@ -297,8 +296,7 @@ def _refresh_layers(group: list[FusedLinear]) -> bool:
     """
     parts = []
     for f in group:
-        ps = [lora_parts(m, m.active_adapters) if hasattr(m, "lora_A") and not m.disable_adapters else []
-              for m in f.modules]
+        ps = [active_lora_parts(m) for m in f.modules]
         if f.base is None or any(len(p) != 1 for p in ps):
             return False
         parts.append([p[0] for p in ps])
