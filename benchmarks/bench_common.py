@@ -148,6 +148,32 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+class GCClock:
+    """Seconds Python's cyclic garbage collector ran, and its full collections, between two :meth:`take` calls."""
+
+    def __init__(self):
+        self.seconds, self.full, self._t0 = 0.0, 0, 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._t0
+            self.full += info.get("generation") == 2
+
+    def __enter__(self) -> GCClock:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def take(self) -> tuple[float, int]:
+        out = (self.seconds, self.full)
+        self.seconds, self.full = 0.0, 0
+        return out
+
+
 def reset_peak() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

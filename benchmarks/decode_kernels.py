@@ -20,11 +20,6 @@ vocabulary in one chunk and in three.
 The skinny MLP kernels (``SkinnyMLP``: gate|up with SiLU-gating fused, down with the residual
 fused, optional split-K) are timed against cuBLAS on the same bf16 weights (``F.linear`` + SiLU +
 product; ``addmm_``), with ``--sweep`` over ``(block_n, block_k, split_k, num_warps, num_stages)``.
-
-The MLP straight from NF4 weights (``NF4MLP``: the same two matmuls reading bitsandbytes' 4-bit
-codes and block scales, dequantised in registers) is checked against ``SkinnyMLP`` over
-``dequantize_4bit``'s dense copy of the same weights, and timed beside it, with ``--sweep`` over
-``(block_n, split_k, num_warps, num_stages, w_left, pair)``. ``--only nf4`` runs just that case.
 """
 
 from __future__ import annotations
@@ -195,59 +190,10 @@ def mlp_case(iters: int, sweep: bool) -> dict:
     return res
 
 
-def nf4_case(iters: int, sweep: bool) -> dict:
-    """NF4MLP (16 rows, Qwen2.5-1.5B's MLP quantised by bitsandbytes, NF4 + double quant) against SkinnyMLP
-    over the dequantised bf16 weights."""
-    import bitsandbytes.functional as bnbf
-
-    from stonklib.fastgen import kernels as K
-    from stonklib.fastgen.kernels.nf4 import NF4_CONFIG, NF4MLP, NF4Weight
-
-    dev, dt = torch.device("cuda"), torch.bfloat16
-    g = torch.Generator(device=dev).manual_seed(0)
-    hidden, inter, m = 1536, 8960, 16
-    quant = [bnbf.quantize_4bit((torch.randn(*shape, device=dev, generator=g) * 0.02).to(dt), blocksize=64,
-                                compress_statistics=True, quant_type="nf4")
-             for shape in ((inter, hidden), (inter, hidden), (hidden, inter))]
-    gate, up, down = (NF4Weight.from_quantized(d, qs) for d, qs in quant)
-    dense = [bnbf.dequantize_4bit(d, qs) for d, qs in quant]
-    exact = all(torch.equal(w.dequantize(dt), d) for w, d in zip((gate, up, down), dense, strict=True))
-    x = torch.randn(m, hidden, device=dev, dtype=dt, generator=g)
-    h = torch.randn(m, hidden, device=dev, dtype=dt, generator=g)
-    act = (torch.randn(m, inter, device=dev, generator=g) * 0.1).to(dt)
-    nf4 = NF4MLP(gate, up, down, m)
-    skinny = K.SkinnyMLP(torch.cat(dense[:2]), dense[2], m)
-    ref = skinny(x, h).float()
-    res = {"config": {k: list(v) for k, v in NF4_CONFIG.items()}, "dequantize_exact": exact,
-           "max_abs_err_vs_dense_kernel": float((nf4(x, h).float() - ref).abs().max()),
-           "ref_abs_max": float(ref.abs().max()),
-           "gate_up_us": time_call(lambda: nf4.gate_up(h), iters), "down_us": time_call(lambda: nf4.down(act, x), iters),
-           "dense_gate_up_us": time_call(lambda: skinny.gate_up(h), iters),
-           "dense_down_us": time_call(lambda: skinny.down(act, x), iters),
-           "weight_mb": {"gate_up": sum(w.codes.numel() + 4 * w.absmax.numel() for w in (gate, up)) / 1e6,
-                         "down": (down.codes.numel() + 4 * down.absmax.numel()) / 1e6}}
-    if sweep:
-        for name, grid in (
-            ("gate_up", itertools.product((32, 64, 128), (1, 2), (4, 8), (2,), (True, False), (True, False))),
-            ("down", itertools.product((32, 64, 128), (4, 8, 14), (4,), (2,), (True, False), (True, False))),
-        ):
-            rows = []
-            for c in grid:
-                run = functools.partial(nf4.gate_up, h, c) if name == "gate_up" else functools.partial(nf4.down, act, x, c)
-                try:
-                    rows.append({"us": time_call(run, max(30, iters // 4)), "config": list(c)})
-                except Exception as e:  # out of shared memory/registers for this tile: skip it
-                    print(f"  {name} {c}: {type(e).__name__}", flush=True)
-            rows.sort(key=lambda r: r["us"])
-            res[f"{name}_sweep"] = rows
-    return res
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--sweep", action="store_true", help="time every (chunk, block_l, num_warps) of the grid")
-    ap.add_argument("--only", choices=("nf4",), help="run one case (result file <machine>-decode_kernels-<case>.json)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -256,14 +202,6 @@ def main(argv=None) -> dict:
     import triton
 
     result["triton"] = triton.__version__
-    result["nf4_mlp"] = nf4_case(a.iters, a.sweep)
-    print("nf4_mlp", json.dumps({k: v for k, v in result["nf4_mlp"].items() if not k.endswith("sweep")}), flush=True)
-    for name in ("gate_up", "down"):
-        for row in result["nf4_mlp"].get(f"{name}_sweep", [])[:6]:
-            print("   ", name, row, flush=True)
-    if a.only:
-        write_result(a.out, f"{machine_name()}-decode_kernels-{a.only}.json", result)
-        return result
     result["attention"] = attention_case(a.iters, a.sweep)
     print("attention", json.dumps({k: v for k, v in result["attention"].items() if k != "sweep"}), flush=True)
     for row in result["attention"].get("sweep", [])[:6]:

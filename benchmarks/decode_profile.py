@@ -19,8 +19,7 @@ q/k/v/o; the sampler decodes from its merged bf16 copy), 16 rows (the ``seed`` s
 Variants: ``baseline`` (the plain-torch decoder with per-layer ``torch.compile`` on CUDA; FastSampler's
 default before the Triton kernels), ``kernels`` (the same with the Triton kernels of
 ``stonklib.fastgen.kernels``: each layer's RoPE + cache write + attention and its MLP, and the top-p
-draw, the MLP reading the NF4 codes: FastSampler's CUDA default now), ``kernels_dense_mlp`` (the MLP
-kernel over the dense bf16 copy, the default before), ``kernels_no_mlp`` (the same, MLP on cuBLAS), ``eager`` (no
+draw; FastSampler's CUDA default now), ``kernels_no_mlp`` (the same, MLP on cuBLAS), ``eager`` (no
 compile), ``sdpa`` (attention as one ``scaled_dot_product_attention`` call over the static cache, the
 G query heads of a KV head as G query rows), ``step_compile`` (the whole decode step under
 ``torch.compile``, ``--compile_mode``, captured in the same CUDA graph), ``step_compile_sdpa`` (both),
@@ -49,7 +48,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_common import LORA, load_tokenizer, machine_name, random_model_dir  # noqa: E402
 
-VARIANTS = ("baseline", "kernels", "kernels_dense_mlp", "kernels_no_mlp", "eager", "sdpa", "layer_compile", "step_compile", "step_compile_sdpa")
+VARIANTS = ("baseline", "kernels", "kernels_no_mlp", "eager", "sdpa", "layer_compile", "step_compile", "step_compile_sdpa")
 
 
 def decode_sdpa(self, tok, pos, slot, slot_valid):
@@ -82,10 +81,9 @@ def build(variant: str, model_dir: Path, rows: int, max_len: int, quantize: bool
                             device_map={"": 0} if dev.type == "cuda" else None)
     policy = add_lora(model, LORA["r"], LORA["lora_alpha"], LORA["lora_dropout"], LORA["target_modules"])
     tok = load_tokenizer(model_dir)
-    per_layer_compile = None if variant in ("baseline", "kernels", "kernels_dense_mlp", "kernels_no_mlp", "sdpa") else compile_mode if variant == "layer_compile" else False
+    per_layer_compile = None if variant in ("baseline", "kernels", "kernels_no_mlp", "sdpa") else compile_mode if variant == "layer_compile" else False
     fs = FastSampler(policy, tok, max_batch=rows, max_len=max_len, compile=per_layer_compile,
-                     kernels=variant.startswith("kernels"), mlp_kernel=variant in ("kernels", "kernels_dense_mlp"),
-                     nf4_mlp=variant == "kernels")
+                     kernels=variant.startswith("kernels"), mlp_kernel=variant == "kernels")
     dec = fs.decoder
     if variant.endswith("sdpa"):
         dec.decode = decode_sdpa.__get__(dec)
@@ -170,9 +168,8 @@ def main(argv=None) -> dict:
         entry = {"ms_per_token_step": statistics.median(per_step), "ms_all": per_step, "setup_s": setup_s,
                  "logits_rel_err": float((logits - ref).norm() / ref.norm()), "rows": a.rows,
                  "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
-                 "torch": torch.__version__, "compile_mode": a.compile_mode if "compile" in variant else None,
-                 "mlp": type(fs.decoder.mlps[0]).__name__ if fs.decoder.mlps else "torch"}
-        if variant.startswith(("baseline", "kernels")) and dev.type == "cuda":
+                 "torch": torch.__version__, "compile_mode": a.compile_mode if "compile" in variant else None}
+        if variant in ("baseline", "kernels", "kernels_no_mlp") and dev.type == "cuda":
             entry["kernels"] = kernel_profile(fs, a.rows, P)
         key = f"{variant}@{a.compile_mode}" if "compile" in variant else variant
         result["variants"][key] = entry

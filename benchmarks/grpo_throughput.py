@@ -68,6 +68,7 @@ from bench_common import (  # noqa: E402
     TOP_P,
     WORDLEVEL,
     Example,
+    GCClock,
     Shape,
     cuda_kernel_profile,
     free_memory,
@@ -142,20 +143,25 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     sampler, device = trainer.sampler, trainer.device
     B, G, C = shape.prompts, shape.generations, shape.completion_tokens
 
-    times, cpu_times, parts = [], [], []
+    times, cpu_times, parts, gcs = [], [], [], []
     reset_peak()
-    for i in range(a.warmup + a.steps):
-        sync()
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = trainer.step(ids, mask, examples)
-        sync()
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-        parts.append(res.timings)
-        _assert_full(res.rollout.completion_ids, res.rollout.completion_mask, B * G, C, "ours")
-        print(f"  ours step {i}: {times[-1]:.3f} s {res.timings} loss={res.loss:.4f}", flush=True)
+    with GCClock() as gc_clock:
+        for i in range(a.warmup + a.steps):
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            gc_clock.take()
+            res = trainer.step(ids, mask, examples)
+            sync()
+            times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
+            gcs.append(gc_clock.take())
+            parts.append(res.timings)
+            _assert_full(res.rollout.completion_ids, res.rollout.completion_mask, B * G, C, "ours")
+            print(f"  ours step {i}: {times[-1]:.3f} s {res.timings} gc={gcs[-1][0]:.3f} s ({gcs[-1][1]} full) "
+                  f"loss={res.loss:.4f}", flush=True)
     peak = peak_gib()
     out = summarise(times, a.warmup, B * G * C, peak, cpu_times)
+    out["gc_s_all"], out["gc_full_all"] = [g[0] for g in gcs], [g[1] for g in gcs]
     out["sampler"] = type(sampler).__name__
     out["logprobs"] = trainer.logprobs.__name__
     out["trainer_timings"] = parts
@@ -233,6 +239,7 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
         def __init__(self):
             self.times, self.t0, self.trainer, self.min_len, self.mean_len = [], None, None, [], []
             self.cpu_times, self.c0 = [], None
+            self.gc_clock, self.gcs = GCClock(), []
 
         def on_train_begin(self, args, state, control, **kw):
             reset_peak()
@@ -240,11 +247,13 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
         def on_step_begin(self, args, state, control, **kw):
             sync()
             self.t0, self.c0 = time.perf_counter(), time.process_time()
+            self.gc_clock.take()
 
         def on_step_end(self, args, state, control, **kw):
             sync()
             self.times.append(time.perf_counter() - self.t0)
             self.cpu_times.append(time.process_time() - self.c0)
+            self.gcs.append(self.gc_clock.take())
             m = self.trainer._metrics["train"]  # TRL's per-step lists (never flushed: logging_strategy="no")
             self.min_len.append(m["completions/min_length"][-1])
             self.mean_len.append(m["completions/mean_length"][-1])
@@ -265,12 +274,14 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
                           processing_class=tok, peft_config=LoraConfig(task_type="CAUSAL_LM", bias="none", **LORA),
                           callbacks=[timer])
     timer.trainer = trainer
-    trainer.train()
+    with timer.gc_clock:
+        trainer.train()
     peak = peak_gib()
     min_len, mean_len = timer.min_len, timer.mean_len
     assert len(min_len) == n_steps and all(v == C for v in min_len), f"trl: completion min lengths {min_len}, expected {C}"
     out = summarise(timer.times, a.warmup, B * G * C, peak, timer.cpu_times)
     out["completion_min_length"], out["completion_mean_length"] = min_len, mean_len
+    out["gc_s_all"], out["gc_full_all"] = [g[0] for g in timer.gcs], [g[1] for g in timer.gcs]
     del trainer, model
     free_memory()
     return out

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stonklib.config import ConfigError
+
 STATE = "trainer_state.json"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -116,3 +118,23 @@ def prune_checkpoints(output_dir: str | Path, keep: int | None) -> None:
         return
     for p in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def check_global_batch(state: dict[str, Any], cfg, d, ckpt: Path) -> None:
+    """Resume only with the checkpoint's prompts per step (``batch_size × world``), whatever N is.
+
+    ``cfg`` is the run's :class:`~stonklib.config.TrainConfig`, ``d`` its :class:`~stonklib.distributed.Dist`.
+
+    The data position is a step count over a seeded order of global batches, so the same global
+    batch picks up exactly where it stopped; another one would replay or skip prompts.
+    """
+    saved_world = int(state.get("world_size", 1))
+    saved = int(state.get("global_batch", cfg.batch_size * saved_world))
+    now = cfg.batch_size * d.world
+    if saved != now:
+        hint = f"--batch_size {saved // d.world} with {d.world} processes, or " if saved % d.world == 0 else ""
+        raise ConfigError(
+            f"{ckpt} was trained with {saved} prompts per step (batch_size {saved // saved_world} x {saved_world} "
+            f"processes); this launch has {now} (batch_size {cfg.batch_size} x {d.world}). The data position counts "
+            f"steps of the global batch, so resume with the same global batch: {hint}"
+            f"--batch_size {saved // saved_world} with {saved_world} processes.")

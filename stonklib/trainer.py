@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from stonklib import config as cfglib
 from stonklib import distributed as D
 from stonklib.checkpoint import (
+    check_global_batch,
     latest_checkpoint,
     load_adapter_weights,
     load_training_state,
@@ -356,7 +357,7 @@ class GRPOTrainer:
         if not ckpt.is_dir():
             raise FileNotFoundError(f"rank {self.dist.rank} cannot see {ckpt}, the checkpoint rank 0 resumes from: "
                                     "with several nodes, output_dir must be on a filesystem that every node mounts.")
-        _check_global_batch(json.loads((ckpt / "trainer_state.json").read_text()), self.cfg, self.dist, ckpt)
+        check_global_batch(json.loads((ckpt / "trainer_state.json").read_text()), self.cfg, self.dist, ckpt)
         load_adapter_weights(self.policy, ckpt)
         state = load_training_state(ckpt, self.optimizer, self.scheduler)
         self.step_num, self.best_val = state["step"], state["best_val_reward"]
@@ -365,24 +366,6 @@ class GRPOTrainer:
         self.log.truncate(state["log_offsets"])
         self.sampler.refresh(self.policy)
         self.log.info("resumed from %s at step %d", ckpt, self.step_num)
-
-
-def _check_global_batch(state: dict[str, Any], cfg: cfglib.TrainConfig, d: D.Dist, ckpt: Path) -> None:
-    """Resume only with the checkpoint's prompts per step (``batch_size × world``), whatever N is.
-
-    The data position is a step count over a seeded order of global batches, so the same global
-    batch picks up exactly where it stopped; another one would replay or skip prompts.
-    """
-    saved_world = int(state.get("world_size", 1))
-    saved = int(state.get("global_batch", cfg.batch_size * saved_world))
-    now = cfg.batch_size * d.world
-    if saved != now:
-        hint = f"--batch_size {saved // d.world} with {d.world} processes, or " if saved % d.world == 0 else ""
-        raise cfglib.ConfigError(
-            f"{ckpt} was trained with {saved} prompts per step (batch_size {saved // saved_world} x {saved_world} "
-            f"processes); this launch has {now} (batch_size {cfg.batch_size} x {d.world}). The data position counts "
-            f"steps of the global batch, so resume with the same global batch: {hint}"
-            f"--batch_size {saved // saved_world} with {saved_world} processes.")
 
 
 def _sync_market(market: MarketStats, d: D.Dist) -> MarketStats:

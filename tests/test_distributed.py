@@ -33,11 +33,11 @@ import torch
 from safetensors.torch import load_file
 
 from stonklib import distributed as D
+from stonklib.checkpoint import check_global_batch
 from stonklib.config import ConfigError, DataConfig, TrainConfig
 from stonklib.data import build_dataset
 from stonklib.market import MarketStats
 from stonklib.runlog import read_jsonl
-from stonklib.trainer import _check_global_batch
 
 WORLD, B, G, STEPS = 2, 2, 2, 4
 
@@ -172,13 +172,13 @@ def test_resume_with_two_processes_continues_at_the_same_step(runs):
 def test_resume_needs_the_same_global_batch(tiny_model_dir, tmp_path):
     state = {"world_size": 2, "global_batch": 8}
     cfg = lambda bs: TrainConfig(stage1_model=str(tiny_model_dir), batch_size=bs, num_generations=2)  # noqa: E731
-    _check_global_batch(state, cfg(4), D.Dist(rank=0, world=2), tmp_path)  # same N, same batch
-    _check_global_batch(state, cfg(2), D.Dist(rank=0, world=4), tmp_path)  # more ranks, same global batch
+    check_global_batch(state, cfg(4), D.Dist(rank=0, world=2), tmp_path)  # same N, same batch
+    check_global_batch(state, cfg(2), D.Dist(rank=0, world=4), tmp_path)  # more ranks, same global batch
     with pytest.raises(ConfigError, match="--batch_size 8 with 1 processes, or --batch_size 4 with 2"):
-        _check_global_batch(state, cfg(4), D.Dist(), tmp_path)
+        check_global_batch(state, cfg(4), D.Dist(), tmp_path)
     # A single-process checkpoint (from before global_batch was recorded) counts as batch_size x 1.
     with pytest.raises(ConfigError, match="4 prompts per step"):
-        _check_global_batch({"world_size": 1}, cfg(4), D.Dist(rank=0, world=2), tmp_path)
+        check_global_batch({"world_size": 1}, cfg(4), D.Dist(rank=0, world=2), tmp_path)
 
 
 def test_fingerprint_is_exact_and_order_free():

@@ -45,20 +45,17 @@ class KVCache:
 class Decoder:
     """``kernels=True`` makes :meth:`decode` run each layer's attention (RoPE, cache write, attention) as
     the Triton kernel of :mod:`stonklib.fastgen.kernels` (CUDA; on CPU only under Triton's interpreter);
-    ``mlp_kernel=True`` also its MLP (:class:`~stonklib.fastgen.kernels.SkinnyMLP`, bias-free MLPs), and
-    ``nf4_mlp=True`` reads that MLP's weights as the model's bitsandbytes 4-bit codes instead of the dense
-    copy (:class:`~stonklib.fastgen.kernels.nf4.NF4MLP`; where every layer's MLP is 4-bit without LoRA)."""
+    ``mlp_kernel=True`` also its MLP (:class:`~stonklib.fastgen.kernels.SkinnyMLP`, bias-free MLPs)."""
 
     def __init__(self, spec: ArchSpec, weights: DecoderWeights, cache: KVCache, compile: bool | str = False,
-                 kernels: bool = False, mlp_kernel: bool = False, nf4_mlp: bool = False):
+                 kernels: bool = False, mlp_kernel: bool = False):
         self.spec, self.w, self.cache = spec, weights, cache
         self.kernels = kernels
         self.mlps = None
         if kernels and mlp_kernel and all(lw.gate_up.bias is None and lw.down.bias is None for lw in weights.layers):
             from stonklib.fastgen.kernels import SkinnyMLP
 
-            self.mlps = (nf4_mlps(weights, cache.max_batch) if nf4_mlp else None) or \
-                [SkinnyMLP(lw.gate_up.weight, lw.down.weight, cache.max_batch) for lw in weights.layers]
+            self.mlps = [SkinnyMLP(lw.gate_up.weight, lw.down.weight, cache.max_batch) for lw in weights.layers]
         self._pre, self._post, self._norm_qkv = _pre_attention, _post_attention, _norm_qkv
         self._out_norm = _attention_out_norm
         if compile:  # fuse the elementwise work of each layer (one compiled graph serves every layer)
@@ -201,21 +198,6 @@ class Decoder:
                 x = self._post(x, a, lw.o.weight, lw.o.bias, lw.ln_mlp, lw.gate_up.weight, lw.gate_up.bias,
                                lw.down.weight, lw.down.bias, s.rms_eps)
         return self.logits(x)
-
-
-def nf4_mlps(weights: DecoderWeights, max_rows: int) -> list | None:
-    """One :class:`~stonklib.fastgen.kernels.nf4.NF4MLP` per layer, or None unless every layer's gate, up and
-    down are bitsandbytes 4-bit weights without LoRA, dequantised in the decoder's dtype (so the kernel
-    computes exactly what the dense copy holds)."""
-    from stonklib.fastgen.kernels.nf4 import NF4MLP, NF4Weight
-
-    mlps = []
-    for lw in weights.layers:
-        parts = [NF4Weight.from_module(m) for m in (*lw.gate_up.modules, *lw.down.modules)]
-        if len(parts) != 3 or any(p is None or p.dtype != weights.embed.dtype for p in parts):
-            return None
-        mlps.append(NF4MLP(*parts, max_rows=max_rows))
-    return mlps
 
 
 def _attention_out_norm(x: Tensor, a: Tensor, w_o: Tensor, b_o: Tensor | None, ln: Tensor,

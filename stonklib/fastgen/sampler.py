@@ -130,15 +130,12 @@ class FastSampler:
     off) runs each layer's attention and MLP, and the top-p draw, as the Triton kernels of
     :mod:`stonklib.fastgen.kernels`; ``mlp_kernel=False`` (or ``STONKLIB_FASTGEN_MLP_KERNEL=0``)
     keeps cuBLAS for the MLP, whose kernel sums split-K with atomics (not bit-reproducible).
-    ``nf4_mlp`` (default on; ``STONKLIB_FASTGEN_NF4_MLP=0`` turns it off) makes that MLP kernel read a
-    4-bit model's MLP weights as their bitsandbytes codes (a quarter of the bytes; the same values).
     """
 
     def __init__(self, model, tokenizer, max_batch: int, max_len: int, *, dtype: torch.dtype | None = None,
                  cuda_graphs: bool | None = None, check_every: int = 16, eos_token_id: int | list[int] | None = None,
                  pad_token_id: int | None = None, dedup_prompts: bool = True, compile: bool | str | None = None,
-                 top_p_candidates: int = 8, kernels: bool | None = None, mlp_kernel: bool | None = None,
-                 nf4_mlp: bool | None = None):
+                 top_p_candidates: int = 8, kernels: bool | None = None, mlp_kernel: bool | None = None):
         lm = causal_lm(model)
         self.device = lm.get_input_embeddings().weight.device
         is_cuda = self.device.type == "cuda"
@@ -155,9 +152,6 @@ class FastSampler:
         if mlp_kernel is None:
             mlp_kernel = os.environ.get("STONKLIB_FASTGEN_MLP_KERNEL", "1") != "0"
         self.mlp_kernel = bool(kernels and mlp_kernel)
-        if nf4_mlp is None:
-            nf4_mlp = os.environ.get("STONKLIB_FASTGEN_NF4_MLP", "0") == "1"
-        self.nf4_mlp = bool(self.mlp_kernel and nf4_mlp)
         self.compile = compile
         self.top_p_candidates = top_p_candidates
         self.eos = _eos_ids(tokenizer, eos_token_id)
@@ -174,7 +168,7 @@ class FastSampler:
         self.weights = DecoderWeights(model, self.dtype, self.device)
         self.cache = KVCache(self.spec, self.max_batch, self.max_len, self.dtype, self.device)
         self.decoder = Decoder(self.spec, self.weights, self.cache, compile=self.compile, kernels=self.kernels,
-                               mlp_kernel=self.mlp_kernel, nf4_mlp=self.nf4_mlp)
+                               mlp_kernel=self.mlp_kernel)
         self.state = _State(self.max_batch, self.max_len, self.device)
         self.eos_t = torch.tensor(self.eos or [-1], dtype=torch.long, device=self.device)
         self._graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}

@@ -53,33 +53,16 @@ if triton is not None:
             tl.store(out_ptr + rows[:, None] * s_out + cols[None, :], out.to(dt), mask=om)
 
     @triton.jit
-    def _skinny_finish_kernel(ws_ptr, res_ptr, out_ptr, N, s_res, s_out, GATED: tl.constexpr,
-                              RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
-        """out = (ws + res) rounded to out's dtype, or silu(gate) * up from ws = [gate | up] when GATED
-        (rounded as the eager ops are); ws back to zero for the next call."""
+    def _skinny_finish_kernel(ws_ptr, res_ptr, out_ptr, N, s_res, s_out, RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+        """out = (ws + res) rounded to out's dtype; ws back to zero for the next call."""
         r = tl.program_id(0)
         c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         cm = c < N
-        dt = out_ptr.dtype.element_ty
-        width = 2 * N if GATED else N
-        y = tl.load(ws_ptr + r * width + c, mask=cm, other=0.0)
-        if GATED:
-            gate = y.to(dt).to(tl.float32)
-            up = tl.load(ws_ptr + r * width + N + c, mask=cm, other=0.0)
-            y = (gate * tl.sigmoid(gate)).to(dt).to(tl.float32) * up.to(dt).to(tl.float32)
-            tl.store(ws_ptr + r * width + N + c, tl.zeros([BLOCK], tl.float32), mask=cm)
+        y = tl.load(ws_ptr + r * N + c, mask=cm, other=0.0)
         if RESIDUAL:
             y += tl.load(res_ptr + r * s_res + c, mask=cm, other=0.0).to(tl.float32)
-        tl.store(out_ptr + r * s_out + c, y.to(dt), mask=cm)
-        tl.store(ws_ptr + r * width + c, tl.zeros([BLOCK], tl.float32), mask=cm)
-
-
-def finish_split_k(ws: Tensor, res: Tensor | None, out: Tensor, gated: bool = False) -> None:
-    """Complete split-K sums from the float32 workspace into ``out`` [M, N] (see the kernel) and re-zero it."""
-    m, n = out.shape
-    res_t = res if res is not None else out
-    _skinny_finish_kernel[(m, triton.cdiv(n, 512))](ws, res_t, out, n, res_t.stride(0), out.stride(0), GATED=gated,
-                                                    RESIDUAL=res is not None, BLOCK=512)
+        tl.store(out_ptr + r * s_out + c, y.to(out_ptr.dtype.element_ty), mask=cm)
+        tl.store(ws_ptr + r * N + c, tl.zeros([BLOCK], tl.float32), mask=cm)
 
 
 # (block_n, block_k, split_k, num_warps, num_stages) per matmul: benchmarks/decode_kernels.py --sweep on an H100.
@@ -127,7 +110,8 @@ def _skinny(x: Tensor, w1: Tensor, w2: Tensor | None, res: Tensor | None, ws: Te
         BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
         num_stages=stages)
     if split_k > 1:
-        finish_split_k(ws, res, out)
+        _skinny_finish_kernel[(m, triton.cdiv(n, 512))](ws, res_t, out, n, res_t.stride(0), out.stride(0),
+                                                        RESIDUAL=res is not None, BLOCK=512)
     return out
 
 
