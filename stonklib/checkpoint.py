@@ -20,12 +20,15 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from stonklib.config import ConfigError
+from stonklib.config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    from stonklib.distributed import Dist
 
 STATE = "trainer_state.json"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -120,10 +123,8 @@ def prune_checkpoints(output_dir: str | Path, keep: int | None) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def check_global_batch(state: dict[str, Any], cfg, d, ckpt: Path) -> None:
+def check_global_batch(state: dict[str, Any], cfg: TrainConfig, d: Dist, ckpt: Path) -> None:
     """Resume only with the checkpoint's prompts per step (``batch_size × world``), whatever N is.
-
-    ``cfg`` is the run's :class:`~stonklib.config.TrainConfig`, ``d`` its :class:`~stonklib.distributed.Dist`.
 
     The data position is a step count over a seeded order of global batches, so the same global
     batch picks up exactly where it stopped; another one would replay or skip prompts.
