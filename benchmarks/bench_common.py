@@ -183,6 +183,11 @@ def peak_gib() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
+def peak_reserved_gib() -> float | None:
+    """Peak memory the caching allocator held (CUDA graphs' private pools included), what a smaller card must fit."""
+    return torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
+
+
 def summarise(times: list[float], warmup: int, tokens: int, peak: float | None, cpu_times: list[float]) -> dict:
     """Wall-clock figures, plus process CPU seconds (a steadier measure on a shared CPU machine)."""
     timed = times[warmup:] or times

@@ -27,7 +27,8 @@ What is compared, and how:
 - "trl" is ``trl.GRPOTrainer.train`` for ``warmup + steps`` optimizer steps; each step is timed
   from ``on_step_begin`` to ``on_step_end`` (generation happens inside), synchronised on CUDA.
 - Reported per system: median step time after ``--warmup`` steps, completion tokens per second
-  (B*G*C / median), peak allocated GPU memory during the steps (weights included), and ours/TRL;
+  (B*G*C / median), peak allocated GPU memory during the steps (weights included; also
+  ``peak_reserved_gib``, what the caching allocator held, CUDA graph pools included), and ours/TRL;
   also process CPU seconds per step (steadier than wall time on a shared CPU machine). A last,
   untimed step of ours is instrumented for a breakdown (sampling / log-probs / backward /
   optimizer).
@@ -76,6 +77,7 @@ from bench_common import (  # noqa: E402
     logprob_pass_key,
     machine_name,
     peak_gib,
+    peak_reserved_gib,
     prompt_texts,
     random_model_dir,
     reset_peak,
@@ -85,6 +87,8 @@ from bench_common import (  # noqa: E402
     timed,
     versions,
 )
+
+from stonklib.models import prefer_expandable_segments  # noqa: E402
 
 
 # ---------------------------------------------------------------------- ours
@@ -161,6 +165,7 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
                   f"loss={res.loss:.4f}", flush=True)
     peak = peak_gib()
     out = summarise(times, a.warmup, B * G * C, peak, cpu_times)
+    out["peak_reserved_gib"] = peak_reserved_gib()
     out["gc_s_all"], out["gc_full_all"] = [g[0] for g in gcs], [g[1] for g in gcs]
     out["sampler"] = type(sampler).__name__
     out["logprobs"] = trainer.logprobs.__name__
@@ -205,6 +210,8 @@ def profile_ours_step(trainer, ids, mask, examples) -> dict:
     prof["backward_loss_clip_s"] = (t.get("update_s", 0.0) - acc["ref_logprobs_s"] - acc["policy_logprobs_s"]
                                     - acc["optimizer_s"])
     prof["sampler"] = dict(getattr(trainer.sampler, "timings", {}) or {})
+    if getattr(trainer, "graphed", None) is not None:  # the passes ran inside the update's CUDA graph: no pass timers
+        prof["update_graph"] = {"captures": trainer.graphed.captures, "replays": trainer.graphed.replays}
     return prof
 
 
@@ -280,6 +287,7 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
     min_len, mean_len = timer.min_len, timer.mean_len
     assert len(min_len) == n_steps and all(v == C for v in min_len), f"trl: completion min lengths {min_len}, expected {C}"
     out = summarise(timer.times, a.warmup, B * G * C, peak, timer.cpu_times)
+    out["peak_reserved_gib"] = peak_reserved_gib()
     out["completion_min_length"], out["completion_mean_length"] = min_len, mean_len
     out["gc_s_all"], out["gc_full_all"] = [g[0] for g in timer.gcs], [g[1] for g in timer.gcs]
     del trainer, model
@@ -312,6 +320,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
+    alloc_conf = prefer_expandable_segments()  # as the trainer's launcher does, before CUDA's first allocation
     shape = SHAPES[a.shape]
     if a.quantize is None:
         a.quantize = a.shape in ("seed", "large")
@@ -334,6 +343,7 @@ def main(argv=None) -> dict:
                   "prompt_tokens": n_prompt, "quantize": a.quantize, "steps": a.steps, "warmup": a.warmup,
                   "device": torch.cuda.get_device_name(0) if a.device == "cuda" else platform.processor() or "cpu",
                   "cpu_threads": torch.get_num_threads(), "versions": versions(),
+                  "cuda_alloc_conf": alloc_conf,
                   "fastgen_compile": os.environ.get("STONKLIB_FASTGEN_COMPILE", "default (on for CUDA)"),
                   "systems": {}}
         for system in [s.strip() for s in a.systems.split(",") if s.strip()]:

@@ -19,11 +19,19 @@ checkpoint recompute, clip, AdamW) is run on it:
 - ``kernel_ms`` / ``kernels``: CUDA kernel time and kernel count of one update (``torch.profiler``);
   wall minus kernel time is what the GPU spent waiting for the host;
 - ``peak_mem_gib``: peak allocated memory over the updates (weights and the sampler's copy included);
+  ``peak_reserved_gib`` what the caching allocator held (CUDA graph pools included);
 - ``check`` (dense variants): the dense path against the module path on the same rollout with dropout
   off: max abs difference of the completion log-probs and the relative L2 difference of the LoRA
   gradients (bf16 rounding is expected);
 - ``ref_graph`` (dense variants): the reference pass replayed from its CUDA graph against the same
-  pass run eagerly (max abs difference; how many graphs were captured and replayed).
+  pass run eagerly (max abs difference; how many graphs were captured and replayed);
+- ``update_graph`` (dense variants on CUDA, where the trainer replays the whole update from a graph,
+  :mod:`stonklib.fastgen.updategraph`): a replay against the same passes, loss and backward run
+  eagerly with the same dropout seed (loss, stats, and the LoRA gradients' max abs and relative L2
+  differences; ``eager_vs_eager_*``: the eager passes run twice, the nondeterminism of the GPU's
+  reductions alone); ``parts`` is empty then (the passes run inside the graph).
+
+``dense_nographs`` is ``dense`` with ``STONKLIB_UPDATE_GRAPHS=0``: every pass eager.
 
 Writes ``<out>/<machine>-update_profile-<shape>.json``.
 """
@@ -49,8 +57,9 @@ import grpo_throughput as gt  # noqa: E402
 
 # name: (TrainConfig overrides, environment)
 VARIANTS = {"modules": ({"dense_update": False}, {}),
-            "dense": ({"dense_update": True}, {}),
-            "dense_fp32_lora": ({"dense_update": True, "lora_matmul_dtype": "adapter"}, {})}
+            "dense": ({"dense_update": True}, {"STONKLIB_UPDATE_GRAPHS": "1"}),
+            "dense_nographs": ({"dense_update": True}, {"STONKLIB_UPDATE_GRAPHS": "0"}),
+            "dense_fp32_lora": ({"dense_update": True, "lora_matmul_dtype": "adapter"}, {"STONKLIB_UPDATE_GRAPHS": "1"})}
 
 
 def capture_update_inputs(trainer, ids, mask, examples, warmup: int):
@@ -129,6 +138,46 @@ def ref_graph_check(trainer, roll) -> dict:
             "replays": fn.graphs.replays}
 
 
+def update_graph_check(trainer, roll, adv) -> dict:
+    """A replay of the trainer's update graph against the same passes run eagerly, with the same dropout seed."""
+    from stonklib.models import adapters_off
+
+    graphed, policy, params = trainer.graphed, trainer.policy, trainer.params
+    C, T = roll.completion_ids.shape[1], trainer.cfg.temperature
+    # Random advantages: a random-weight model's rewards are often all equal (zero advantages, zero gradients).
+    adv = torch.randn(adv.shape, generator=torch.Generator().manual_seed(5)).to(adv.device)
+    extras, with_ref = (adv, roll.completion_mask.float()), trainer.cfg.kl_coef > 0
+    policy.train()
+    res = {}
+    for name in ("eager", "eager_again", "graph"):
+        for p in params:
+            p.grad = None
+        torch.manual_seed(1234)  # the same dropout seed for both (each draws it once, at its policy pass)
+        if name.startswith("eager"):
+            ref = None
+            if with_ref:
+                with torch.no_grad(), adapters_off(policy):
+                    ref = trainer.logprobs(policy, roll.input_ids, roll.attention_mask, C, T)
+            loss, stats = trainer._graph_loss(trainer.logprobs(policy, roll.input_ids, roll.attention_mask, C, T),
+                                              ref, *extras)
+            loss.backward()
+        else:
+            loss, stats = graphed(policy, roll.input_ids, roll.attention_mask, C, T, extras, trainer._graph_loss,
+                                  with_ref=with_ref)
+        res[name] = (float(loss), {k: float(v) for k, v in stats.items()},
+                     torch.cat([p.grad.flatten().float() for p in params]))
+    for p in params:
+        p.grad = None
+    (le, se, ge), (lg, sg, gg), (_, _, ga) = res["eager"], res["graph"], res["eager_again"]
+    return {"loss_abs_diff": abs(le - lg), "loss": le, "stats_max_abs_diff": max(abs(se[k] - sg[k]) for k in se),
+            "grad_max_abs_diff": float((ge - gg).abs().max()), "grad_max_abs": float(ge.abs().max()),
+            "grad_rel_l2_diff": float((ge - gg).norm() / ge.norm()),
+            # the eager passes against themselves: how far run-to-run nondeterminism alone moves the gradients
+            "eager_vs_eager_grad_rel_l2_diff": float((ge - ga).norm() / ge.norm()),
+            "eager_vs_eager_grad_max_abs_diff": float((ge - ga).abs().max()),
+            "captures": graphed.captures, "replays": graphed.replays}
+
+
 def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
     overrides, env = VARIANTS[name]
     os.environ.update(env)
@@ -144,17 +193,21 @@ def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
         bc.sync()
         times.append(time.perf_counter() - t0)
     out = {"logprobs": trainer.logprobs.__name__, "update_s_median": statistics.median(times), "update_s_all": times,
-           "peak_mem_gib": bc.peak_gib(), "parts": timed_parts(trainer, roll, adv)}
+           "peak_mem_gib": bc.peak_gib(), "peak_reserved_gib": bc.peak_reserved_gib(),
+           "parts": timed_parts(trainer, roll, adv)}
     if torch.cuda.is_available():
         out |= bc.cuda_kernel_profile(trainer._update, roll, adv, top=25)
     if name.startswith("dense"):
         out["check"] = dense_check(trainer, roll)
         out["ref_graph"] = ref_graph_check(trainer, roll)
+        if trainer.graphed is not None:
+            out["update_graph"] = update_graph_check(trainer, roll, adv)
     if hasattr(trainer.logprobs, "blocks"):
         out["dense_extra_gib"] = trainer.logprobs.blocks.extra_bytes() / 2**30
     print(f"   update {out['update_s_median']:.3f} s, parts {out['parts']}, kernels "
           f"{out.get('kernel_ms', 0):.1f} ms in {out.get('kernels', 0)}, peak {out['peak_mem_gib']}, "
-          f"check {out.get('check')}, reference graph {out.get('ref_graph')}", flush=True)
+          f"check {out.get('check')}, reference graph {out.get('ref_graph')}, update graph {out.get('update_graph')}",
+          flush=True)
     log.close()
     del trainer
     bc.free_memory()
@@ -174,12 +227,14 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--machine", default=None)
     a = p.parse_args(argv)
+    alloc_conf = gt.prefer_expandable_segments()  # as the trainer's launcher does, before CUDA's first allocation
     a.steps = 0  # build_ours sizes max_steps from warmup + steps
     shape = bc.SHAPES[a.shape]
     a.quantize = a.shape in ("seed", "large") if a.quantize is None else a.quantize
     a.device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     result = {"machine": a.machine or bc.machine_name(), "shape": a.shape, "shape_spec": vars(shape),
-              "quantize": a.quantize, "warmup": a.warmup, "repeats": a.repeats, "versions": bc.versions(),
+              "quantize": a.quantize, "cuda_alloc_conf": alloc_conf, "warmup": a.warmup, "repeats": a.repeats,
+              "versions": bc.versions(),
               "device": torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu", "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

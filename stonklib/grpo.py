@@ -263,7 +263,8 @@ def _chunk_logp_from_hidden(hidden: Tensor, weight: Tensor, bias: Tensor | None,
 def _maybe_checkpoint(fn: Callable[..., Tensor], *args: object) -> Tensor:
     """Run ``fn`` directly, or under activation checkpointing when autograd would otherwise keep its logits."""
     needs_grad = torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
-    return checkpoint(fn, *args, use_reentrant=False) if needs_grad else fn(*args)
+    # The chunks draw no random numbers: no generator state to save (which a CUDA graph capture forbids).
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False) if needs_grad else fn(*args)
 
 
 def _join(chunks: list[Tensor], like: Tensor) -> Tensor:

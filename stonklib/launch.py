@@ -58,8 +58,15 @@ def _spread(n: int, k: int) -> list[int]:
 
 def run_training(cfg: cfglib.TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Everything ``stonk train`` does: set up, train, save the final adapter."""
-    from stonklib.models import describe, enable_checkpointing, load_policy, pick_device
+    from stonklib.models import (
+        describe,
+        enable_checkpointing,
+        load_policy,
+        pick_device,
+        prefer_expandable_segments,
+    )
 
+    prefer_expandable_segments()  # before CUDA's first allocation
     device = pick_device(cfg.device)
     dist = D.init(device.type)
     if dist.enabled and device.type == "cuda":

@@ -17,7 +17,9 @@ optimisation epoch per batch (μ = 1):
    weights' dtype, ``lora_matmul_dtype``); other architectures use
    the full forward (:func:`stonklib.rollout.completion_logprobs`);
 6. :func:`stonklib.grpo.grpo_loss` (clipped surrogate + β·k3 KL), backward with
-   gradient accumulation, clip the norm, AdamW, LR schedule.
+   gradient accumulation, clip the norm, AdamW, LR schedule. On one CUDA device with one
+   micro-batch, steps 5-6 up to the backward pass replay a CUDA graph once their shape repeats
+   (:class:`stonklib.fastgen.updategraph.GraphedUpdate`).
 
 Non-finite losses or gradients skip the update and are counted. Every step's
 completions go to the JSONL, flushed; checkpoints are atomic; ``--resume``
@@ -40,6 +42,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,7 @@ from stonklib.checkpoint import (
 )
 from stonklib.data.records import Example
 from stonklib.fastgen.logprobs import pick_logprobs
+from stonklib.fastgen.updategraph import GraphedUpdate
 from stonklib.grpo import group_advantages, grpo_loss
 from stonklib.market import MarketStats
 from stonklib.models import adapters_off
@@ -112,6 +116,12 @@ class GRPOTrainer:
                                       sampler_weights=getattr(self.sampler, "weights", None),
                                       lora_matmul_dtype=cfg.lora_matmul_dtype)
         self.forward = _PolicyLogprobs(policy, self.logprobs)
+        self.loss = partial(grpo_loss, beta=cfg.kl_coef, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                            loss_type=cfg.loss_type, max_completion_length=cfg.max_new_tokens, stats_as_tensors=True)
+        self.graphed = None  # the update's passes and backward from CUDA graphs, where they apply
+        if GraphedUpdate.usable(self.logprobs, self.device, micro_batches=cfg.grad_accum_steps, distributed=dist.enabled):
+            self.graphed = GraphedUpdate(self.logprobs, self.params)
+            self._graph_loss = lambda logp, ref, adv, cmask: self.loss(logp, logp.detach(), ref, adv, cmask)
         if dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Every LoRA weight is used in every forward (no find_unused_parameters), which also
@@ -186,7 +196,12 @@ class GRPOTrainer:
         self.policy.train()
         total_loss, stats_acc = 0.0, {}
         input_ids, attention_mask = roll.input_ids, roll.attention_mask  # concatenated once, sliced per micro-batch
-        for m in range(n_mb):
+        graphed = self.graphed and self.graphed(self.policy, input_ids, attention_mask, C, cfg.temperature,
+                                                (advantages, roll.completion_mask.float()), self._graph_loss,
+                                                with_ref=cfg.kl_coef > 0)
+        if graphed:  # one micro-batch, one process (GraphedUpdate.usable): the same loss, from a replay
+            total_loss, stats_acc = graphed
+        for m in range(0 if graphed else n_mb):
             sl = slice(m * rows, (m + 1) * rows)
             ids, attn, cmask = input_ids[sl], attention_mask[sl], roll.completion_mask[sl]
             ref_logp = None
@@ -197,10 +212,7 @@ class GRPOTrainer:
             ctx = self.forward.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 logp = self.forward(ids, attn, C, cfg.temperature)
-                loss, stats = grpo_loss(logp, logp.detach(), ref_logp, advantages[sl], cmask.float(),
-                                        beta=cfg.kl_coef, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                                        loss_type=cfg.loss_type, max_completion_length=cfg.max_new_tokens,
-                                        num_items=num_items, stats_as_tensors=True)
+                loss, stats = self.loss(logp, logp.detach(), ref_logp, advantages[sl], cmask.float(), num_items=num_items)
                 (loss / n_mb).backward()
             total_loss = total_loss + loss.detach().float() / n_mb
             for k, v in stats.items():

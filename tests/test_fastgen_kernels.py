@@ -276,3 +276,56 @@ def test_dense_update_with_fused_kernels_matches_the_eager_layer(train_kernels):
     scale = max(float(g.abs().max()) for g in res[False][1])  # ~23 here: float32 sums in another order
     for a, b in zip(res[True][1], res[False][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+# --------------------------------------------------------------------------- seeded dropout
+def test_seeded_dropout_draws_bernoulli_masks_from_its_seed_and_salt(train_kernels):
+    from stonklib.fastgen.kernels.dropout import seeded_dropout
+
+    x = torch.randn(3, 1000, generator=torch.Generator().manual_seed(4))
+    seed = torch.tensor([123456789], dtype=torch.int64)
+    y = seeded_dropout(x, seed, 5, 0.3)
+    keep = y != 0
+    assert abs(keep.float().mean().item() - 0.7) < 0.03  # 3,000 draws: 3.5 standard deviations
+    torch.testing.assert_close(y[keep], x[keep] * (1 / 0.7), rtol=1e-6, atol=0)
+    torch.testing.assert_close(seeded_dropout(x, seed, 5, 0.3), y, rtol=0, atol=0)  # same seed and salt: same masks
+
+    def agreement(other: torch.Tensor) -> float:
+        return ((other != 0) == keep).float().mean().item()
+
+    # Independent masks agree on p^2 + (1 - p)^2 = 58 % of the elements.
+    assert agreement(seeded_dropout(x, seed, 6, 0.3)) < 0.65
+    assert agreement(seeded_dropout(x, seed + 1, 5, 0.3)) < 0.65
+    three = seeded_dropout(x, seed, 5, 0.3, copies=3)
+    assert three.shape == (3, 3, 1000)
+    torch.testing.assert_close(three[0], y, rtol=0, atol=0)  # copy 0 is the single-copy draw
+    assert agreement(three[1]) < 0.65 and agreement(three[2]) < 0.65
+    assert seeded_dropout(x, seed, 5, 0.0) is x
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, F32), (torch.bfloat16, BF16)])
+def test_seeded_dropout_backward_regenerates_the_forward_masks(train_kernels, dtype, tol):
+    from stonklib.fastgen.kernels.dropout import seeded_dropout
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(5, 300, generator=g).to(dtype).requires_grad_()
+    seed = torch.tensor([99], dtype=torch.int64)
+    for copies in (1, 3):
+        y = seeded_dropout(x, seed, 2, 0.25, copies=copies)
+        grad = torch.randn(y.shape, generator=g).to(dtype)
+        (dx,) = torch.autograd.grad(y, x, grad)
+        masks = (y != 0).to(dtype)  # x has no zeros, so a zero output is a dropped element
+        want = (grad * masks * (1 / 0.75)).reshape(copies, *x.shape).float().sum(0).to(dtype)
+        torch.testing.assert_close(dx, want, **tol)
+
+
+def test_seeded_dropout_rejects_bad_arguments(train_kernels):
+    from stonklib.fastgen.kernels.dropout import seeded_dropout
+
+    x, seed = torch.ones(4), torch.tensor([1], dtype=torch.int64)
+    with pytest.raises(ValueError, match="0 <= p < 1"):
+        seeded_dropout(x, seed, 0, 1.0)
+    with pytest.raises(ValueError, match="one int64 element"):
+        seeded_dropout(x, seed.float(), 0, 0.1)
+    with pytest.raises(ValueError, match="salt=-1"):
+        seeded_dropout(x, seed, -1, 0.1)

@@ -20,6 +20,17 @@ from stonklib.rollout import completion_logprobs
 from tests.test_fastgen import TOK, _dequantised, grpo_batch, lora, perturb_lora, tiny_model
 
 
+def _seeded_dropout_on_cpu(monkeypatch) -> None:
+    """DenseBlocks built after this draw seeded dropout on CPU (the fused kernels under Triton's interpreter)."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton's interpreter is off (a CUDA machine)")
+    import stonklib.fastgen.kernels.train as train_kernels
+
+    monkeypatch.setattr(train_kernels, "FORCE_ON_CPU", True)
+
+
 def _lora_params(policy) -> list[torch.Tensor]:
     return [p for n, p in policy.named_parameters() if p.requires_grad]
 
@@ -124,16 +135,20 @@ def test_nf4_dense_path_matches_the_exactly_dequantised_model(tmp_path):
     assert (bnb_lp[keep] - got_lp[keep]).abs().max() < 0.1
 
 
-@pytest.mark.parametrize("reentrant", [False, True])
-def test_dropout_masks_are_replayed_by_gradient_checkpointing(reentrant):
+@pytest.mark.parametrize(("reentrant", "seeded"), [(False, False), (True, False), (True, True)])
+def test_dropout_masks_are_replayed_by_gradient_checkpointing(reentrant, seeded, monkeypatch):
     """With LoRA dropout on, checkpointed and plain backward passes see the same masks: identical gradients.
 
     Both checkpoint variants: the trainer's (reentrant, :func:`stonklib.models.enable_checkpointing`,
-    whose gradients come from ``backward()``) and the non-reentrant one.
+    whose gradients come from ``backward()``) and the non-reentrant one; and the GPU's seeded dropout
+    (run here by Triton's interpreter), whose recompute regenerates the masks without generator state.
     """
     from peft import LoraConfig, get_peft_model
 
     from stonklib.models import enable_checkpointing
+
+    if seeded:
+        _seeded_dropout_on_cpu(monkeypatch)
 
     policy = get_peft_model(tiny_model("qwen2", seed=38, std=0.2), LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.3, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -142,6 +157,7 @@ def test_dropout_masks_are_replayed_by_gradient_checkpointing(reentrant):
     policy.train()
     ids, attn, cmask = grpo_batch(G=2, seed=40)
     dense = DenseLogprobs(policy)
+    assert dense.blocks.rng_free == seeded
     torch.manual_seed(0)
     plain_lp, plain = _logp_and_grads(dense, policy, ids, attn, cmask)
     if reentrant:
@@ -149,6 +165,12 @@ def test_dropout_masks_are_replayed_by_gradient_checkpointing(reentrant):
     else:
         policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
+    if seeded:  # no generator state is saved or restored (a CUDA graph capture forbids it)
+        def forbidden(*args, **kwargs):
+            raise AssertionError("seeded dropout: checkpointing read the generator state")
+
+        monkeypatch.setattr(torch, "get_rng_state", forbidden)
+        monkeypatch.setattr(torch, "set_rng_state", forbidden)
     torch.manual_seed(0)
     ckpt_lp, ckpt = _logp_and_grads(dense, policy, ids, attn, cmask, use_backward=reentrant)
     torch.testing.assert_close(ckpt_lp, plain_lp, rtol=0, atol=0)
@@ -329,3 +351,98 @@ def test_reference_graphs_capture_on_the_second_sight_of_a_shape_and_follow_new_
         assert graphs(policy, short, 0.7, 1024, dense.blocks) is None
         graphs(policy, short, 0.7, 1024, dense.blocks)
         assert graphs.captures == 2 and len(graphs.graphs) == 1  # max_graphs=1: the first shape's graph went
+
+
+class _FakeGraph:
+    """A CPU stand-in for the CUDA graph of :class:`~stonklib.fastgen.updategraph.GraphedUpdate`: a replay reruns
+    the captured work and writes its loss, stats and gradients into the captured tensors."""
+
+    def __init__(self, run, out, grads, params):
+        self.run, self.out, self.grads, self.params = run, out, grads, params
+
+    def replay(self):
+        for p in self.params:
+            p.grad = None
+        out, _ = self.run()
+        self.out.copy_(out)
+        for g, p in zip(self.grads, self.params, strict=True):
+            g.copy_(p.grad)
+
+
+def fake_update_record(run, params):
+    """Stands in for ``GraphedUpdate._record`` on CPU (same return value: graph, run's output, the gradients)."""
+    for p in params:
+        p.grad = None
+    out, keys = run()
+    grads = [p.grad for p in params]
+    return _FakeGraph(run, out, grads, params), (out, keys), grads
+
+
+def test_graphed_update_equals_the_eager_update_with_the_same_seed(monkeypatch):
+    """GraphedUpdate's bookkeeping and captured work, on CPU (seeded dropout through Triton's interpreter, a stand-in
+    graph): the first sight of a shape runs eagerly, the second captures; each replay takes new inputs and a new
+    dropout seed, and gives the loss, stats and gradients of the eager passes drawn with that seed."""
+    from peft import LoraConfig, get_peft_model
+
+    from stonklib.fastgen.updategraph import GraphedUpdate
+    from stonklib.grpo import grpo_loss
+    from stonklib.models import adapters_off, enable_checkpointing
+
+    _seeded_dropout_on_cpu(monkeypatch)
+    monkeypatch.setattr(GraphedUpdate, "_record", staticmethod(fake_update_record))
+    policy = get_peft_model(tiny_model("qwen2", seed=71, std=0.2), LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.3, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        task_type="CAUSAL_LM"))
+    perturb_lora(policy, 72, scale=0.1)
+    enable_checkpointing(policy)
+    policy.train()
+    ids, attn, cmask = grpo_batch(G=2, seed=73)
+    C, params, dense = cmask.shape[1], _lora_params(policy), DenseLogprobs(policy)
+    assert not GraphedUpdate.usable(dense, torch.device("cpu"), micro_batches=1, distributed=False)  # CUDA only
+    update = GraphedUpdate(dense, params)
+    assert dense.ref_graphs is False  # the reference pass runs inside the update's graph
+
+    def loss_fn(logp, ref, adv, mask):
+        return grpo_loss(logp, logp.detach(), ref, adv, mask, beta=0.05, stats_as_tensors=True)
+
+    def eager(adv):
+        for p in params:
+            p.grad = None
+        with torch.no_grad(), adapters_off(policy):
+            ref = dense(policy, ids, attn, C, 0.7)
+        loss, stats = loss_fn(dense(policy, ids, attn, C, 0.7), ref, adv, cmask.float())
+        loss.backward()
+        return loss.detach(), stats, [p.grad.clone() for p in params]
+
+    def graphed(adv):
+        for p in params:
+            p.grad = None
+        res = update(policy, ids, attn, C, 0.7, (adv, cmask.float()), loss_fn, with_ref=True)
+        return None if res is None else (*res, [p.grad.clone() for p in params])
+
+    advs = torch.randn(3, ids.shape[0], generator=torch.Generator().manual_seed(74))
+    assert graphed(advs[0]) is None and update.captures == 0  # first sight: the caller runs it eagerly
+    for i in (1, 2):
+        torch.manual_seed(10 + i)
+        want = eager(advs[i])
+        torch.manual_seed(10 + i)
+        got = graphed(advs[i])
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
+        assert set(got[1]) == set(want[1])
+        for k, v in want[1].items():
+            torch.testing.assert_close(got[1][k], v, rtol=0, atol=1e-6)
+        for a, b in zip(got[2], want[2], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert update.captures == 1 and update.replays == 2
+    torch.manual_seed(99)  # another seed, other dropout masks: other gradients
+    other = graphed(advs[2])
+    assert max(float((a - b).abs().max()) for a, b in zip(other[2], got[2], strict=True)) > 1e-4
+
+
+def test_graphed_update_needs_seeded_dropout():
+    from stonklib.fastgen.updategraph import GraphedUpdate
+
+    policy = lora(tiny_model("qwen2", seed=75))
+    dense = DenseLogprobs(policy)  # on CPU without the interpreter switch: torch's generator
+    with pytest.raises(ValueError, match="seeded LoRA dropout"):
+        GraphedUpdate(dense, _lora_params(policy))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -91,3 +92,12 @@ def test_fetch_then_plain_from_pretrained_generates(tmp_path):
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "4" in text
+
+
+def test_the_cuda_allocator_defaults_to_expandable_segments_unless_the_user_chose(monkeypatch):
+    from stonklib.models import CUDA_ALLOC_CONF, prefer_expandable_segments
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert prefer_expandable_segments() == CUDA_ALLOC_CONF == os.environ["PYTORCH_CUDA_ALLOC_CONF"]
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")
+    assert prefer_expandable_segments() == "max_split_size_mb:128" == os.environ["PYTORCH_CUDA_ALLOC_CONF"]

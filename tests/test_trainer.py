@@ -232,6 +232,50 @@ class _Replay:
         pass
 
 
+def test_the_graphed_update_takes_the_same_steps_as_the_eager_one(tiny_model_dir, tmp_path, make_example, monkeypatch):
+    """The trainer's update from GraphedUpdate (as on one GPU) against the eager loop, with LoRA dropout and KL on.
+
+    On CPU, with a stand-in graph (``tests/test_fastgen_update.py``) and the GPU's seeded dropout run by
+    Triton's interpreter: step 1 is eager (first sight), step 2 captures, step 3 replays. Same completions,
+    same seeds: every step's loss and stats, and the LoRA parameters after three AdamW steps, agree within 1e-6.
+    """
+    from stonklib.fastgen import FastSampler
+    from stonklib.fastgen.updategraph import GraphedUpdate
+    from tests.test_fastgen_update import _seeded_dropout_on_cpu, fake_update_record
+
+    _seeded_dropout_on_cpu(monkeypatch)
+    monkeypatch.setattr(GraphedUpdate, "_record", staticmethod(fake_update_record))
+
+    def run(graphs: bool, sampler_for):
+        monkeypatch.setattr(GraphedUpdate, "usable", staticmethod(lambda *a, **k: graphs))
+        cfg = _cfg(tiny_model_dir, tmp_path / str(graphs), kl_coef=0.05, lora_dropout=0.2, temperature=0.7,
+                   gradient_checkpointing=True, max_new_tokens=6)
+        torch.manual_seed(0)
+        policy, tok = load_policy(cfg, torch.device("cpu"))
+        trainer = GRPOTrainer(cfg, policy, tok, [make_example()], [], sampler=sampler_for(policy, tok),
+                              reward_fn=lambda t, e: _toy_breakdown(float(len(t) % 5), t))
+        assert (trainer.graphed is not None) == graphs
+        ids, mask = encode_prompts(tok, ["Predict the stock", "Hello there, tell me"], torch.device("cpu"))
+        steps = []
+        for step in range(3):
+            torch.manual_seed(step)
+            res = trainer.step(ids, mask, [make_example()] * 2)
+            steps.append((res.loss, res.stats))
+        if graphs:
+            assert trainer.graphed.captures == 1 and trainer.graphed.replays == 2
+        return steps, {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" in n}
+
+    rec = _Recorder(None)  # completions to replay in both runs, so sampling draws nothing from the generator
+    run(False, lambda p, t: setattr(rec, "inner", FastSampler(p, t, max_batch=8, max_len=64)) or rec)
+    eager_steps, eager_lora = run(False, lambda p, t: _Replay(rec.outputs))
+    graph_steps, graph_lora = run(True, lambda p, t: _Replay(rec.outputs))
+    for (gl, gs), (el, es) in zip(graph_steps, eager_steps, strict=True):
+        assert abs(gl - el) < 1e-6 and set(gs) == set(es)
+        assert all(abs(gs[k] - es[k]) < 1e-6 for k in es), (gs, es)
+    for n, p in graph_lora.items():
+        torch.testing.assert_close(p, eager_lora[n], rtol=0, atol=1e-6)
+
+
 def test_fast_path_matches_the_reference_path_after_three_steps(tiny_model_dir, tmp_path, make_example):
     """FastSampler + dense shared-prefix log-probs vs HF-style full-forward log-probs, on the same completions.
 

@@ -227,6 +227,8 @@ def stream_logprobs(model, geo: StreamGeometry, temperature: float = 1.0, chunk_
         getattr(layer, "gradient_checkpointing", False) for layer in body.layers)
     if ckpt:  # each layer under the model's own checkpoint function (HF's: reentrant or not, as configured)
         run = getattr(body.layers[0], "_gradient_checkpointing_func", None) or partial(checkpoint, use_reentrant=False)
+        if getattr(blocks, "rng_free", False):  # seeded dropout: no generator state to save (capturable in a CUDA graph)
+            run = partial(run, preserve_rng_state=False)
         if not x.requires_grad:  # reentrant checkpointing passes gradients only to inputs that require them
             x = x.detach().requires_grad_()
     for i, layer in enumerate(body.layers):

@@ -15,7 +15,9 @@ recompute) plus a backward pass, so that per-call work adds up.
   about 0.3 GB on a 1.5B model);
 - **LoRA** is applied unmerged from the adapter's own parameters, as PEFT does: the input cast to the
   matmul dtype, one dropout mask per adapted module (the module's dropout, honouring its training
-  flag), ``B(A(x)) * scaling`` cast back and added. The matmul dtype is the adapter's (float32, PEFT's
+  flag; on CUDA drawn from :attr:`DenseBlocks.seed` by :func:`~stonklib.fastgen.kernels.dropout.seeded_dropout`,
+  so checkpoint recompute and CUDA graphs need no generator state; elsewhere from torch's generator),
+  ``B(A(x)) * scaling`` cast back and added. The matmul dtype is the adapter's (float32, PEFT's
   eager numerics) or, with ``lora_matmul_dtype="model"`` (the trainer's default), the base weights'
   (bf16 on GPU, as under autocast); q|k|v's three adapters run as one dropout, one batched matmul and
   one block-diagonal matmul. Gradients reach the same ``lora_A``/``lora_B``
@@ -41,6 +43,7 @@ from torch import Tensor, nn
 
 from stonklib.fastgen import refgraph
 from stonklib.fastgen.kernels import train as train_kernels
+from stonklib.fastgen.kernels.dropout import seeded_dropout
 from stonklib.fastgen.kernels.train import rms_norm, swiglu
 from stonklib.fastgen.logprobs import StreamGeometry, attend_shared_prefix, stream_logprobs
 from stonklib.fastgen.refgraph import GraphedStream
@@ -76,35 +79,47 @@ class DenseProjection:
         return args if any(args) else None
 
 
-def _with_lora(out: Tensor, x: Tensor, lora: tuple | None, rows: tuple[int, ...], dtype: torch.dtype | None = None) -> Tensor:
+def _dropout(h: Tensor, p: float, seed: Tensor | None, salt: int, copies: int = 1) -> Tensor:
+    """LoRA dropout of ``h`` (``copies`` independent masks when > 1): torch's generator, or ``(seed, salt)``'s masks."""
+    if seed is not None:
+        return seeded_dropout(h, seed, salt, p, copies)
+    return F.dropout(h.expand(copies, *h.shape) if copies > 1 else h, p, training=True)
+
+
+def _with_lora(out: Tensor, x: Tensor, lora: tuple | None, rows: tuple[int, ...], dtype: torch.dtype | None = None,
+               seed: Tensor | None = None, salt: int = 0) -> Tensor:
     """``out`` plus each stacked module's LoRA output, computed as PEFT does.
 
     Per adapter: ``x`` cast to the matmul dtype (``dtype``; None: the adapter's, as PEFT), dropout (a
     mask of its own per module, as PEFT draws one per module), ``B(A(.)) * scaling``, cast to
     ``out``'s dtype. ``A`` and ``B`` are cast to that dtype too (differentiably: their gradients
-    arrive in their own dtype, as under autocast). Modules without an active adapter add nothing. The
+    arrive in their own dtype, as under autocast). Modules without an active adapter add nothing. With
+    a ``seed`` tensor the masks come from :func:`~stonklib.fastgen.kernels.dropout.seeded_dropout`
+    (salts ``salt`` to ``salt + 63``), so a checkpoint recompute needs no generator state. The
     usual case (one adapter per module, one rank, dtype and dropout rate) runs as a few batched ops
     (:func:`_stacked_lora_delta`); anything else module by module.
     """
     if lora is None:
         return out
     if all(len(parts) == 1 for parts in lora) and len({(a.dtype, a.shape[0], p) for ((a, _, _, p),) in lora}) == 1:
-        return out + _stacked_lora_delta(x, lora, rows, dtype).to(out.dtype)
-    deltas, cast = [], {}
+        return out + _stacked_lora_delta(x, lora, rows, dtype, seed, salt).to(out.dtype)
+    deltas, cast, k = [], {}, 0
     for parts, r in zip(lora, rows, strict=True):
         d = None
         for a, b, scaling, p in parts:
             dt = dtype or a.dtype
             h = cast.setdefault(dt, x.to(dt))  # one cast shared by the stacked modules
             if p > 0:
-                h = F.dropout(h, p, training=True)
+                h = _dropout(h, p, seed, salt + k)
+            k += 1
             o = (F.linear(F.linear(h, a.to(dt)), b.to(dt)) * scaling).to(out.dtype)
             d = o if d is None else d + o
         deltas.append(d if d is not None else out.new_zeros(*out.shape[:-1], r))
     return out + (torch.cat(deltas, -1) if len(deltas) > 1 else deltas[0])
 
 
-def _stacked_lora_delta(x: Tensor, lora: tuple, rows: tuple[int, ...], dtype: torch.dtype | None = None) -> Tensor:
+def _stacked_lora_delta(x: Tensor, lora: tuple, rows: tuple[int, ...], dtype: torch.dtype | None = None,
+                        seed: Tensor | None = None, salt: int = 0) -> Tensor:
     """The ``m`` stacked modules' ``B_i(A_i(dropout_i(x))) * s_i``, side by side [..., sum(rows)], in ``dtype`` (None: the adapters').
 
     One cast of ``x``; one dropout over ``m`` broadcast copies of it (independent masks, one per
@@ -119,10 +134,10 @@ def _stacked_lora_delta(x: Tensor, lora: tuple, rows: tuple[int, ...], dtype: to
     m, r, n = len(lora), a0.shape[0], h.shape[0]
     a_all = torch.cat([a for ((a, _, _, _),) in lora]).to(dt)  # [m * r, in]
     if p > 0 and m > 1:
-        z = torch.bmm(F.dropout(h.expand(m, n, h.shape[1]), p, training=True), a_all.view(m, r, -1).transpose(1, 2))
+        z = torch.bmm(_dropout(h, p, seed, salt, copies=m), a_all.view(m, r, -1).transpose(1, 2))
         z = z.transpose(0, 1).reshape(n, m * r)
     else:
-        z = F.linear(F.dropout(h, p, training=True) if p > 0 else h, a_all)
+        z = F.linear(_dropout(h, p, seed, salt) if p > 0 else h, a_all)
     # The block-diagonal of the scaled Bs, [sum(rows), m * r]: B_i's rows times s_i in column block i.
     b_cat = torch.cat([b for ((_, b, _, _),) in lora]).to(dt)
     scale = block_scale(rows, tuple(s for ((_, _, s, _),) in lora), dt, b_cat.device)
@@ -135,19 +150,20 @@ def dense_layer(x: Tensor, cos: Tensor, sin: Tensor, rows: Tensor, mask_p: Tenso
                 o_w: Tensor, o_b: Tensor | None, o_lora: tuple | None,
                 ln_mlp: Tensor, gate_up_w: Tensor, gate_up_b: Tensor | None, down_w: Tensor, down_b: Tensor | None,
                 *, qkv_rows: tuple[int, ...], n_heads: int, n_kv: int, head_dim: int, eps: float,
-                lora_dtype: torch.dtype | None = None) -> Tensor:
+                lora_dtype: torch.dtype | None = None, dropout_seed: Tensor | None = None, salt: int = 0) -> Tensor:
     """One Llama/Qwen2 layer over the flat shared-prefix stream, as a pure function of tensors.
 
     ``x`` is [1, T, hidden]; the geometry arguments are those of
     :func:`~stonklib.fastgen.logprobs.attend_shared_prefix`; ``*_lora`` come from
     :meth:`DenseProjection.lora_args`, their matmuls in ``lora_dtype`` (None: the adapters'). Its only
-    randomness is the LoRA dropout, drawn from torch's generator, so activation checkpointing replays
-    the same masks.
+    randomness is the LoRA dropout: drawn from torch's generator (activation checkpointing then saves
+    and restores the generator's state to replay the same masks), or, with a ``dropout_seed`` tensor,
+    from ``(dropout_seed, salt ...)`` (q|k|v salt ``salt``, o ``salt + 64``), the same masks on every call.
     """
     h = rms_norm(x, ln_attn, eps)
-    qkv = _with_lora(F.linear(h, qkv_w, qkv_b), h, qkv_lora, qkv_rows, lora_dtype)
+    qkv = _with_lora(F.linear(h, qkv_w, qkv_b), h, qkv_lora, qkv_rows, lora_dtype, dropout_seed, salt)
     a = attend_shared_prefix(qkv, cos, sin, rows, mask_p, mask_c, n_heads, n_kv, head_dim)[None]
-    x = x + _with_lora(F.linear(a, o_w, o_b), a, o_lora, (o_w.shape[0],), lora_dtype)
+    x = x + _with_lora(F.linear(a, o_w, o_b), a, o_lora, (o_w.shape[0],), lora_dtype, dropout_seed, salt + 64)
     h = rms_norm(x, ln_mlp, eps)
     if train_kernels.enabled(h):  # one gate|up matmul, SiLU-gating fused (forward and backward)
         act = swiglu(F.linear(h, gate_up_w, gate_up_b))
@@ -185,6 +201,9 @@ class DenseBlocks:
         if lora_matmul_dtype not in ("model", "adapter"):
             raise ValueError(f"lora_matmul_dtype={lora_matmul_dtype!r}: use model or adapter.")
         self.lora_dtype = dtype if lora_matmul_dtype == "model" else None
+        # Seeded dropout where the fused kernels run (CUDA): checkpoint recompute and CUDA graphs need
+        # no generator state. Elsewhere torch's generator, as PEFT draws its masks.
+        self.seed = torch.zeros(1, dtype=torch.int64, device=device) if train_kernels.enabled(emb) else None
         # Storage that is not this object's own: the sampler's dense copy and the model's dense weights.
         self._borrowed = {t.data_ptr() for t in causal_lm(model).parameters()}
         if shared is not None:
@@ -214,7 +233,21 @@ class DenseBlocks:
                            lp.o.weight, lp.o.bias, lp.o.lora_args(),
                            layer.post_attention_layernorm.weight, lp.gate_up.weight, lp.gate_up.bias,
                            lp.down.weight, lp.down.bias, qkv_rows=lp.qkv.rows, n_heads=spec.n_heads,
-                           n_kv=spec.n_kv_heads, head_dim=spec.head_dim, eps=spec.rms_eps, lora_dtype=self.lora_dtype)
+                           n_kv=spec.n_kv_heads, head_dim=spec.head_dim, eps=spec.rms_eps, lora_dtype=self.lora_dtype,
+                           dropout_seed=self.seed, salt=index * 128)
+
+    @property
+    def rng_free(self) -> bool:
+        """True when the layers draw no numbers from torch's generator (seeded dropout): checkpointing need not save its state."""
+        return self.seed is not None
+
+    def reseed(self) -> None:
+        """New dropout masks for the next pass: a fresh seed from torch's (CPU) generator, written into the device tensor.
+
+        No host sync, and outside a CUDA graph, so a graph that reads the tensor sees the new seed.
+        """
+        if self.seed is not None:
+            self.seed.fill_(int(torch.randint(0, 2**60, (1,)).item()))
 
     def adapters_off(self) -> bool:
         """True when no projection has an active adapter (the reference policy): the pass has no LoRA and no dropout."""
@@ -240,13 +273,16 @@ class DenseLogprobs:
     def __init__(self, model, shared: DecoderWeights | None = None, lora_matmul_dtype: str = "adapter"):
         self.blocks = DenseBlocks(model, shared, lora_matmul_dtype)
         self.graphs = GraphedStream()
+        self.ref_graphs = True  # off while the whole update runs from a graph (stonklib.fastgen.updategraph)
 
     def __call__(self, model, input_ids: Tensor, attention_mask: Tensor, n_completion: int,
                  temperature: float = 1.0, chunk_tokens: int = 1024) -> Tensor:
         """As :func:`~stonklib.fastgen.logprobs.shared_prefix_logprobs`; grad-free passes with every adapter
         off (the reference pass) replay a CUDA graph once their shape repeats (:mod:`stonklib.fastgen.refgraph`)."""
         geo = StreamGeometry.of(model, input_ids, attention_mask, n_completion)
-        if not torch.is_grad_enabled() and refgraph.enabled(input_ids) and self.blocks.adapters_off():
+        if torch.is_grad_enabled():
+            self.blocks.reseed()  # new dropout masks per policy pass (its checkpoint recompute reuses them)
+        elif self.ref_graphs and refgraph.enabled(input_ids) and self.blocks.adapters_off():
             out = self.graphs(model, geo, temperature, chunk_tokens, self.blocks)
             if out is not None:
                 return out
