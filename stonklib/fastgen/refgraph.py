@@ -27,6 +27,14 @@ def enabled(t: Tensor) -> bool:
     return t.is_cuda and os.environ.get("STONKLIB_UPDATE_GRAPHS", "1") != "0"
 
 
+def seen_again(seen: OrderedDict, key, remember: int) -> bool:
+    """Count a sighting of ``key`` in ``seen`` (the ``remember`` latest keys kept); True from its second sighting on."""
+    seen[key] = seen.pop(key, 0) + 1
+    while len(seen) > remember:
+        seen.popitem(last=False)
+    return seen[key] >= 2
+
+
 class GraphedStream:
     """:func:`~stonklib.fastgen.logprobs.stream_logprobs` without grad, from CUDA graphs keyed by shape (see the module docstring)."""
 
@@ -42,10 +50,7 @@ class GraphedStream:
                id(blocks))
         entry = self.graphs.get(key)
         if entry is None:
-            self.seen[key] = self.seen.pop(key, 0) + 1
-            while len(self.seen) > self.remember:
-                self.seen.popitem(last=False)
-            if self.seen[key] < 2:
+            if not seen_again(self.seen, key, self.remember):
                 return None
             entry = self._capture(key, model, geo, temperature, chunk_tokens, blocks)
         graph, static, out = entry

@@ -93,10 +93,7 @@ class GraphedUpdate:
                int(chunk_tokens), id(model), id(loss_fn))
         entry = self.graphs.get(key)
         if entry is None:
-            self.seen[key] = self.seen.pop(key, 0) + 1
-            while len(self.seen) > self.remember:
-                self.seen.popitem(last=False)
-            if self.seen[key] < 2:
+            if not refgraph.seen_again(self.seen, key, self.remember):
                 return None
             entry = self._capture(key, model, geo, extras, temperature, loss_fn, with_ref, chunk_tokens)
         for dst, src in zip((*entry.geo.tensors(), *entry.extras), (*geo.tensors(), *extras), strict=True):
