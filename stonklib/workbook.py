@@ -7,6 +7,9 @@
 - :func:`run_training_live` runs :func:`stonklib.launch.run_training` in a
   worker thread and redraws the training curves from ``train_metrics.jsonl``
   while it runs (the trainer knows nothing about notebooks).
+- :func:`config_from` builds a notebook's config dataclass from the names its
+  parameters cell assigns; :func:`parameters_source` writes such a cell, one line
+  per field (notebooks 01, 04 and 05 list every field of their config, as the CLI does).
 - :func:`evaluation_plan` turns one :class:`~stonklib.config.EvalConfig` into the
   base / Stage I / Stage II evaluations that notebook 05 compares; the Stage I
   model is read from the Stage II run's own ``config.yaml``.
@@ -14,12 +17,15 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import io
+import json
 import math
 import os
 import threading
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +66,74 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def fresh_output_dir(path: str | Path) -> str:
-    """``path`` if it holds no training run yet, else the first free ``path-2``, ``path-3``, ...
+def config_from(cls, namespace: Mapping[str, Any], **overrides: Any):
+    """``cls`` from the names in ``namespace`` that are its fields (a notebook's parameters), then ``overrides``.
+
+    A notebook passes ``globals()`` right after its parameters cell, so the cell (and what papermill
+    injects into it) is the one list of the config's values; names that are not fields are ignored.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**({k: namespace[k] for k in names if k in namespace} | overrides))
+
+
+def parameters_source(cls, values: Mapping[str, Any] | None = None, comments: Mapping[str, str] | None = None,
+                      header: str = "") -> str:
+    """A notebook parameters cell for ``cls``: ``name = value  # comment`` for every field, in declaration order.
+
+    ``values`` override the dataclass defaults (each must be a Python literal, as papermill needs);
+    ``comments`` override the first sentence of the field's ``help`` metadata. ``header`` is a first
+    comment line.
+    """
+    values, comments = values or {}, comments or {}
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{sorted(unknown)} are not {cls.__name__} fields; use its field names.")
+    lines = [f"# {header}"] if header else []
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            value = values[f.name]
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        else:
+            value = f.default_factory()  # type: ignore[misc]
+        text = _literal(value)
+        if ast.literal_eval(text) != value:  # a papermill parameter must be a literal
+            raise ValueError(f"{cls.__name__}.{f.name} = {value!r} is not a plain Python literal.")
+        note = comments.get(f.name) or _shortened(f.metadata.get("help", ""))
+        lines.append(f"{f.name} = {text}" + (f"  # {note}" if note else ""))
+    return "\n".join(lines)
+
+
+def _literal(v: Any) -> str:
+    """``repr`` with double-quoted strings (the notebooks' style)."""
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_literal, v)) + "]"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(map(_literal, v)) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
+def _shortened(text: str, width: int = 100) -> str:
+    text = " ".join(text.split()).rstrip(".")
+    first = text.split(" ", 1)[0]
+    if first[:1].isupper() and first[1:].islower():  # "Sample ..." -> "sample ...", not "LoRA" or "AdamW"
+        text = text[0].lower() + text[1:]
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+def fresh_output_dir(path: str | Path, resume: bool = False) -> str:
+    """``path`` if it holds no training run yet (or ``resume`` asks to continue it), else the first free
+    ``path-2``, ``path-3``, ...
 
     Re-running notebook 04 in JupyterLab then starts a new run instead of failing
     on the old one (the trainer refuses to overwrite a run without ``--resume``).
     """
     p = Path(path)
-    if not _holds_run(p):
+    if resume or not _holds_run(p):
         return str(path)
     k = 2
     while _holds_run(p.with_name(f"{p.name}-{k}")):

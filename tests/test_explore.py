@@ -274,6 +274,38 @@ def test_fresh_output_dir(tmp_path):
     assert workbook.fresh_output_dir(run) == str(tmp_path / "run-2")
     (tmp_path / "run-2" / "checkpoint-1").mkdir(parents=True)
     assert workbook.fresh_output_dir(run) == str(tmp_path / "run-3")
+    assert workbook.fresh_output_dir(run, resume=True) == str(run)  # continuing a run keeps its folder
+
+
+def test_config_from_takes_the_fields_a_parameters_cell_assigned():
+    from stonklib.config import EvalConfig
+
+    namespace = {"model": "m", "split": "val", "limit": 7, "workbook": workbook, "frames": None}  # non-fields ignored
+    cfg = workbook.config_from(EvalConfig, namespace, limit=9)
+    assert cfg.model == "m" and cfg.split == "val" and cfg.limit == 9 and cfg.seed == EvalConfig(model="m").seed
+
+
+@pytest.mark.parametrize(("cls_name", "values"), [("DataConfig", {"embargo": 4}), ("TrainConfig", {"seed": 7}),
+                                                   ("EvalConfig", {"model": "m", "seed": 7})])
+def test_parameters_source_lists_every_field_as_a_literal(cls_name, values):
+    import ast
+    import dataclasses
+
+    from stonklib import config
+
+    cls = getattr(config, cls_name)
+    name = next(iter(values.keys() - {"model"}))
+    src = workbook.parameters_source(cls, values, {name: "my comment"}, header="fields")
+    body = ast.parse(src).body
+    assert src.startswith("# fields\n") and [s.targets[0].id for s in body] == [f.name for f in dataclasses.fields(cls)]
+    assert {s.targets[0].id: ast.literal_eval(s.value) for s in body}[name] == values[name]
+    assert f"{name} = {values[name]}  # my comment" in src
+    # exec'd as a notebook cell, the parameters rebuild the config with the given values and the defaults
+    namespace: dict = {}
+    exec(src, namespace)
+    assert workbook.config_from(cls, namespace) == cls(**values)
+    with pytest.raises(ValueError, match="not_a_field"):
+        workbook.parameters_source(cls, {"not_a_field": 1})
 
 
 def test_read_metrics_merges_validation_rows(tmp_path):
