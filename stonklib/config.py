@@ -127,6 +127,9 @@ class TrainConfig:
     epsilon_high: float | None = _f(None, "Upper clip range (DAPO clip-higher); default: epsilon.")
     loss_type: str = _f("grpo", "Loss aggregation: grpo (per-sequence mean), dr_grpo (sum / (B*T)) or dapo (token mean).")
     scale_rewards: str = _f("group", "Advantage scaling: group (divide by group std) or none (Dr. GRPO).")
+    kl_bias_correction: bool = _f(False, "Multiply the k3 KL term by the importance ratio (DeepSeek-V3.2; TRL's "
+                                  "use_bias_correction_kl): its gradient becomes the reverse KL's score-function "
+                                  "gradient. Off: DeepSeekMath's k3.")
     # --- optimizer
     lr: float = _f(5e-6, "AdamW learning rate.")
     weight_decay: float = _f(0.01, "AdamW weight decay.")

@@ -117,7 +117,8 @@ class GRPOTrainer:
                                       lora_matmul_dtype=cfg.lora_matmul_dtype)
         self.forward = _PolicyLogprobs(policy, self.logprobs)
         self.loss = partial(grpo_loss, beta=cfg.kl_coef, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                            loss_type=cfg.loss_type, max_completion_length=cfg.max_new_tokens, stats_as_tensors=True)
+                            loss_type=cfg.loss_type, max_completion_length=cfg.max_new_tokens,
+                            kl_bias_correction=cfg.kl_bias_correction, stats_as_tensors=True)
         self.graphed = None  # the update's passes and backward from CUDA graphs, where they apply
         if GraphedUpdate.usable(self.logprobs, self.device, micro_batches=cfg.grad_accum_steps, distributed=dist.enabled):
             self.graphed = GraphedUpdate(self.logprobs, self.params)

@@ -276,6 +276,25 @@ def test_the_graphed_update_takes_the_same_steps_as_the_eager_one(tiny_model_dir
         torch.testing.assert_close(p, eager_lora[n], rtol=0, atol=1e-6)
 
 
+def test_kl_bias_correction_reaches_the_trainers_loss(tiny_model_dir, tmp_path, make_example):
+    """``--kl_bias_correction`` switches the loss the update runs (eager and graphed alike: ``trainer.loss``)
+    to k3 times the ratio: the same value at mu = 1, the reverse KL's score-function gradient."""
+    grads = {}
+    for on in (False, True):
+        cfg = _cfg(tiny_model_dir, tmp_path / str(on), kl_coef=0.5, kl_bias_correction=on)
+        policy, tok = load_policy(cfg, torch.device("cpu"))
+        trainer = GRPOTrainer(cfg, policy, tok, [make_example()], [])
+        logp = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+        ref = torch.tensor([[-1.5, -1.0, -0.5]])
+        loss, _ = trainer.loss(logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 3))
+        (g,) = torch.autograd.grad(loss, logp)
+        grads[on] = (float(loss), g)
+    assert abs(grads[True][0] - grads[False][0]) < 1e-6  # ratio == 1 in value
+    d = torch.tensor([[-0.5, 1.0, 0.0]])  # ref - logp
+    torch.testing.assert_close(grads[False][1], 0.5 * (1 - torch.exp(d)) / 3)  # k3's gradient, mean over 3 tokens
+    torch.testing.assert_close(grads[True][1], 0.5 * -d / 3)  # (log pi - log pi_ref): reverse KL's score function
+
+
 def test_fast_path_matches_the_reference_path_after_three_steps(tiny_model_dir, tmp_path, make_example):
     """FastSampler + dense shared-prefix log-probs vs HF-style full-forward log-probs, on the same completions.
 
