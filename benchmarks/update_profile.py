@@ -29,7 +29,9 @@ checkpoint recompute, clip, AdamW) is run on it:
   :mod:`stonklib.fastgen.updategraph`): a replay against the same passes, loss and backward run
   eagerly with the same dropout seed (loss, stats, and the LoRA gradients' max abs and relative L2
   differences; ``eager_vs_eager_*``: the eager passes run twice, the nondeterminism of the GPU's
-  reductions alone); ``parts`` is empty then (the passes run inside the graph).
+  reductions alone); ``parts`` is empty then (the passes run inside the graph); ``padded``: updates on
+  the rollout cut to half its completion length, replayed from the full-length graph (padded up)
+  against the same updates run eagerly.
 
 ``dense_nographs`` is ``dense`` with ``STONKLIB_UPDATE_GRAPHS=0``: every pass eager.
 
@@ -178,6 +180,31 @@ def update_graph_check(trainer, roll, adv) -> dict:
             "captures": graphed.captures, "replays": graphed.replays}
 
 
+def padded_timing(trainer, roll, adv, repeats: int) -> dict:
+    """Updates on the rollout cut to half its completion length: replayed from the full-length graph (padded up)
+    against the same updates run eagerly (every pass), ``repeats`` each, synchronised wall times."""
+    from stonklib.rollout import Rollout
+
+    half = roll.completion_ids.shape[1] // 2
+    cut = Rollout(roll.prompt_ids, roll.prompt_mask, roll.completion_ids[:, :half], roll.completion_mask[:, :half],
+                  roll.texts)
+    graphed, captures = trainer.graphed, trainer.graphed.captures
+    out = {"completion_tokens": half}
+    for name in ("padded_replay", "eager"):
+        trainer.graphed = graphed if name == "padded_replay" else None
+        times = []
+        for _ in range(repeats):
+            bc.sync()
+            t0 = time.perf_counter()
+            trainer._update(cut, adv)
+            bc.sync()
+            times.append(time.perf_counter() - t0)
+        out[name] = {"s_median": statistics.median(times), "s_all": times}
+    trainer.graphed = graphed
+    out["new_captures"] = graphed.captures - captures  # 0: the shorter batches replayed the existing graph
+    return out
+
+
 def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
     overrides, env = VARIANTS[name]
     os.environ.update(env)
@@ -202,11 +229,13 @@ def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
         out["ref_graph"] = ref_graph_check(trainer, roll)
         if trainer.graphed is not None:
             out["update_graph"] = update_graph_check(trainer, roll, adv)
+            out["padded"] = padded_timing(trainer, roll, adv, a.repeats)
     if hasattr(trainer.logprobs, "blocks"):
         out["dense_extra_gib"] = trainer.logprobs.blocks.extra_bytes() / 2**30
     print(f"   update {out['update_s_median']:.3f} s, parts {out['parts']}, kernels "
           f"{out.get('kernel_ms', 0):.1f} ms in {out.get('kernels', 0)}, peak {out['peak_mem_gib']}, "
-          f"check {out.get('check')}, reference graph {out.get('ref_graph')}, update graph {out.get('update_graph')}",
+          f"check {out.get('check')}, reference graph {out.get('ref_graph')}, update graph {out.get('update_graph')}, "
+          f"padded {out.get('padded')}",
           flush=True)
     log.close()
     del trainer

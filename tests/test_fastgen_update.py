@@ -446,3 +446,62 @@ def test_graphed_update_needs_seeded_dropout():
     dense = DenseLogprobs(policy)  # on CPU without the interpreter switch: torch's generator
     with pytest.raises(ValueError, match="seeded LoRA dropout"):
         GraphedUpdate(dense, _lora_params(policy))
+
+
+def test_graphed_update_pads_shorter_batches_and_grows_for_longer_ones(monkeypatch):
+    """A graph captured for prompt length P and completion length C replays shorter batches padded up to them
+    (the loss, stats and gradients of the unpadded eager passes; dropout off, as padding moves the seeded masks),
+    and a longer batch runs eagerly until the second one, which triggers a capture covering both."""
+    from stonklib.fastgen.updategraph import GraphedUpdate
+    from stonklib.grpo import grpo_loss
+    from stonklib.models import adapters_off, enable_checkpointing
+
+    _seeded_dropout_on_cpu(monkeypatch)
+    monkeypatch.setattr(GraphedUpdate, "_record", staticmethod(fake_update_record))
+    policy = lora(tiny_model("qwen2", seed=81, std=0.2))
+    perturb_lora(policy, 82, scale=0.1)
+    enable_checkpointing(policy)
+    policy.train()
+    params, dense = _lora_params(policy), DenseLogprobs(policy)
+    update = GraphedUpdate(dense, params)
+    ids, attn, cmask = grpo_batch(G=2, seed=83)  # prompts of 7, completions of 5 (one ends early)
+    adv = torch.randn(ids.shape[0], generator=torch.Generator().manual_seed(84))
+
+    def loss_fn(logp, ref, a, mask):
+        return grpo_loss(logp, logp.detach(), ref, a, mask, beta=0.1, stats_as_tensors=True)
+
+    def run(graphed: bool, ids, attn, cmask):
+        for p in params:
+            p.grad = None
+        C = cmask.shape[1]
+        if graphed:
+            res = update(policy, ids, attn, C, 0.7, (adv, cmask.float()), loss_fn, with_ref=True)
+            if res is None:
+                return None
+            loss, stats = res
+        else:
+            with torch.no_grad(), adapters_off(policy):
+                ref = dense(policy, ids, attn, C, 0.7)
+            loss, stats = loss_fn(dense(policy, ids, attn, C, 0.7), ref, adv, cmask.float())
+            loss.backward()
+        return float(loss), {k: float(v) for k, v in stats.items()}, [p.grad.clone() for p in params]
+
+    def assert_same(got, want):
+        assert abs(got[0] - want[0]) < 1e-5 and got[1].keys() == want[1].keys()
+        assert all(abs(got[1][k] - want[1][k]) < 1e-5 for k in want[1])
+        for a, b in zip(got[2], want[2], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+    # A shorter batch: prompts without their first column (6 long), completions without their last (4 long).
+    short = (torch.cat([ids[:, 1:7], ids[:, 7:11]], 1), torch.cat([attn[:, 1:7], attn[:, 7:11]], 1), cmask[:, :4])
+    assert run(True, ids, attn, cmask) is None  # first batch: eager
+    assert_same(run(True, ids, attn, cmask), run(False, ids, attn, cmask))  # second: captured at (7, 5)
+    assert (update.captures, update.replays) == (1, 1)
+    assert_same(run(True, *short), run(False, *short))  # shorter batch: padded replay, same numbers
+    assert (update.captures, update.replays) == (1, 2)
+    longer = (torch.cat([ids, ids[:, -1:]], 1), torch.cat([attn, attn[:, -1:]], 1), torch.cat([cmask, cmask[:, -1:]], 1))
+    assert run(True, *longer) is None  # not covered: eager, once
+    assert_same(run(True, *longer), run(False, *longer))  # the second one: a new capture at (7, 6)
+    assert update.captures == 2 and len(update.graphs) == 1
+    assert_same(run(True, ids, attn, cmask), run(False, ids, attn, cmask))  # the old shape, padded into the new graph
+    assert update.captures == 2

@@ -23,11 +23,20 @@ state and checkpoints are untouched. What makes the capture possible:
   them in the graph's memory pool and each replay overwrites them; after a replay they are put back
   on the parameters (the trainer drops them after its optimizer step).
 
-A shape is captured the second time it is seen (after a warm-up run of the same passes on a side
-stream: kernel compilation, autotuning, cuBLAS workspaces), so shapes that never repeat run eagerly
-and pay nothing; at most ``max_graphs`` graphs are kept, each holding its own memory pool (about the
-eager update's peak). Replay equals the eager passes with the same seed (``benchmarks/update_profile.py``
-checks it on the GPU). Where this does not apply (no CUDA, several micro-batches, DDP, the module
+Batch shapes. The prompt length (the batch's longest prompt) and the completion length (its
+longest completion) change from step to step in real training. A graph is captured for a prompt
+and a completion length and replays any batch no longer than those, padded up to them (:func:`_fit`:
+extra left pads on the prompts, extra right pads on the completions, all masked out, so the loss is
+the unpadded batch's). The first batch it does not cover runs eagerly; the second one triggers a new
+capture for the longest lengths seen, so the graph grows to the run's longest batch in a few
+captures and is replayed from then on (a batch with another number of distinct prompts runs
+eagerly). A capture runs the passes once more on a side stream first (kernel compilation, autotuning,
+cuBLAS workspaces). Padding costs GPU time on the padded tokens; the saved host time outweighs it
+(an H100 at ``seed``: a batch of 128-token completions takes 0.20 s replayed from the 256-token graph,
+0.36 s eagerly; ``benchmarks/RESULTS.md``). At most ``max_graphs`` graphs are kept
+(one by default), each holding its own memory pool (about the eager update's peak). Replay equals
+the eager passes with the same seed (``benchmarks/update_profile.py`` checks it on the GPU). Where
+this does not apply (no CUDA, several micro-batches, DDP, the module
 path) the trainer runs the update eagerly; ``STONKLIB_UPDATE_GRAPHS=0`` switches it off.
 """
 
@@ -56,6 +65,29 @@ class _Entry:
     out: Tensor  # [loss, *stats], static output
     keys: list[str]
     grads: list[Tensor | None]
+    p: int  # prompt and completion lengths it was captured for; shorter batches are padded up to them
+    c: int
+
+
+def _fit(ids: Tensor, attn: Tensor, extras: tuple[Tensor, ...], c: int, to_p: int, to_c: int):
+    """A batch of prompt length ``P = len - c`` and ``c`` completion tokens padded to ``to_p`` and ``to_c``.
+
+    Prompts gain left pads and completions right pads, all masked out (id 0, mask 0), as the batch's own
+    pads are: positions come from the mask's cumulative sum and no real token attends to a pad, so the
+    real tokens' log-probs are those of the unpadded batch (up to float rounding), and the loss, which
+    only reads masked-in completion tokens, is the same. 2-D ``extras`` of ``c`` columns get zero columns.
+    """
+    p = ids.shape[1] - c
+    if (p, c) == (to_p, to_c):
+        return ids, attn, extras
+
+    def pad(t: Tensor, left: int, right: int) -> Tensor:
+        return torch.nn.functional.pad(t, (left, right), value=0)
+
+    ids = torch.cat([pad(ids[:, :p], to_p - p, 0), pad(ids[:, p:], 0, to_c - c)], 1)
+    attn = torch.cat([pad(attn[:, :p], to_p - p, 0), pad(attn[:, p:], 0, to_c - c)], 1)
+    extras = tuple(pad(e, 0, to_c - c) if e.dim() == 2 and e.shape[1] == c else e for e in extras)
+    return ids, attn, extras
 
 
 class GraphedUpdate:
@@ -66,14 +98,14 @@ class GraphedUpdate:
     trainable parameters, whose ``.grad`` each call leaves as the backward pass computed it.
     """
 
-    def __init__(self, logprobs, params: list[Tensor], max_graphs: int = 1, remember: int = 64):
+    def __init__(self, logprobs, params: list[Tensor], max_graphs: int = 1):
         if not logprobs.blocks.rng_free:
             raise ValueError("GraphedUpdate needs seeded LoRA dropout (DenseBlocks.rng_free: CUDA with the fused "
                              "kernels on); run the update eagerly instead.")
         self.logprobs, self.blocks, self.params = logprobs, logprobs.blocks, list(params)
-        self.max_graphs, self.remember = max_graphs, remember
+        self.max_graphs = max_graphs
         self.graphs: OrderedDict[tuple, _Entry] = OrderedDict()
-        self.seen: OrderedDict[tuple, int] = OrderedDict()
+        self.pending: dict[tuple, tuple[int, int, int]] = {}  # batches no graph covered: max lengths, count
         self.captures = self.replays = 0
         logprobs.ref_graphs = False  # the reference pass is inside this graph; no second graph for it
 
@@ -87,22 +119,39 @@ class GraphedUpdate:
     def __call__(self, model, input_ids: Tensor, attention_mask: Tensor, n_completion: int, temperature: float,
                  extras: tuple[Tensor, ...], loss_fn: LossFn, with_ref: bool,
                  chunk_tokens: int = 1024) -> tuple[Tensor, dict[str, Tensor]] | None:
-        """Loss and stats (detached copies) after the backward pass, or None when this shape runs eagerly (first sight)."""
-        geo = StreamGeometry.of(model, input_ids, attention_mask, n_completion)
-        key = (tuple((t.shape, t.dtype) for t in (*geo.tensors(), *extras)), float(temperature), bool(with_ref),
+        """Loss and stats (detached copies) after the backward pass, or None when this batch runs eagerly.
+
+        ``extras`` go to ``loss_fn`` after the log-probs; 2-D ones of ``n_completion`` columns (the mask) are
+        completion-aligned and padded with zeros like the completions (see :meth:`_fit`).
+        """
+        n, c = input_ids.shape[0], n_completion
+        p = input_ids.shape[1] - c
+        fam = (n, input_ids.dtype, tuple((e.dim(), e.dtype) for e in extras), float(temperature), bool(with_ref),
                int(chunk_tokens), id(model), id(loss_fn))
-        entry = self.graphs.get(key)
-        if entry is None:
-            if not refgraph.seen_again(self.seen, key, self.remember):
+        entry = self.graphs.get(fam)
+        if entry is None or p > entry.p or c > entry.c:
+            # Not covered: run eagerly, and on the second such batch capture one that covers both (and the old one).
+            wp, wc, count = self.pending.get(fam, (0, 0, 0))
+            wp, wc = max(wp, p, entry.p if entry else 0), max(wc, c, entry.c if entry else 0)
+            if count + 1 < 2:
+                self.pending[fam] = (wp, wc, count + 1)
                 return None
-            entry = self._capture(key, model, geo, extras, temperature, loss_fn, with_ref, chunk_tokens)
-        for dst, src in zip((*entry.geo.tensors(), *entry.extras), (*geo.tensors(), *extras), strict=True):
+            self.pending.pop(fam, None)
+            ids, attn, ext = _fit(input_ids, attention_mask, extras, c, wp, wc)
+            entry = self._capture(fam, model, StreamGeometry.of(model, ids, attn, wc), ext, temperature, loss_fn,
+                                  with_ref, chunk_tokens, wp, wc)
+        else:
+            ids, attn, ext = _fit(input_ids, attention_mask, extras, c, entry.p, entry.c)
+        geo = StreamGeometry.of(model, ids, attn, entry.c)
+        if any(a.shape != b.shape for a, b in zip(geo.tensors(), entry.geo.tensors(), strict=True)):
+            return None  # another count of distinct prompts (two identical prompts in the batch): eagerly
+        for dst, src in zip((*entry.geo.tensors(), *entry.extras), (*geo.tensors(), *ext), strict=True):
             dst.copy_(src)
         self.blocks.reseed()
         entry.graph.replay()
-        for p, g in zip(self.params, entry.grads, strict=True):
-            p.grad = g
-        self.graphs.move_to_end(key)
+        for param, g in zip(self.params, entry.grads, strict=True):
+            param.grad = g
+        self.graphs.move_to_end(fam)
         self.replays += 1
         out = entry.out.clone()
         return out[0], dict(zip(entry.keys, out[1:], strict=True))
@@ -120,20 +169,21 @@ class GraphedUpdate:
         return torch.stack([loss.detach().float(), *(v.float() for v in stats.values())]), list(stats)
 
     def _capture(self, key: tuple, model, geo: StreamGeometry, extras: tuple[Tensor, ...], temperature: float,
-                 loss_fn: LossFn, with_ref: bool, chunk_tokens: int) -> _Entry:
+                 loss_fn: LossFn, with_ref: bool, chunk_tokens: int, p: int, c: int) -> _Entry:
         static_geo = StreamGeometry(*(t.clone() for t in geo.tensors()))
         static_extras = tuple(t.clone() for t in extras)
 
         def run():
             return self._passes(model, static_geo, static_extras, temperature, loss_fn, with_ref, chunk_tokens)
 
-        saved = [p.grad for p in self.params]
-        while len(self.graphs) >= self.max_graphs:  # release the oldest pool before this one fills
+        saved = [param.grad for param in self.params]
+        self.graphs.pop(key, None)  # a graph this one outgrows, then the oldest: their pools go before this one fills
+        while len(self.graphs) >= self.max_graphs:
             self.graphs.popitem(last=False)
         graph, (out, keys), grads = self._record(run, self.params)
-        for p, g in zip(self.params, saved, strict=True):
-            p.grad = g
-        self.graphs[key] = _Entry(graph, static_geo, static_extras, out, keys, grads)
+        for param, g in zip(self.params, saved, strict=True):
+            param.grad = g
+        self.graphs[key] = _Entry(graph, static_geo, static_extras, out, keys, grads, p, c)
         self.captures += 1
         return self.graphs[key]
 
