@@ -18,7 +18,8 @@ optimisation epoch per batch (μ = 1):
    the full forward (:func:`stonklib.rollout.completion_logprobs`);
 6. :func:`stonklib.grpo.grpo_loss` (clipped surrogate + β·k3 KL), backward with
    gradient accumulation, clip the norm, AdamW, LR schedule. On one CUDA device with one
-   micro-batch, steps 5-6 up to the backward pass replay a CUDA graph once their shape repeats
+   micro-batch, steps 5-6 up to the backward pass replay a CUDA graph, captured for the longest
+   batch seen and replayed for shorter ones padded up to it
    (:class:`stonklib.fastgen.updategraph.GraphedUpdate`).
 
 Non-finite losses or gradients skip the update and are counted. Every step's
