@@ -57,6 +57,8 @@ sys.path.insert(0, str(ROOT))
 import bench_common as bc  # noqa: E402
 import grpo_throughput as gt  # noqa: E402
 
+from stonklib.models import prefer_expandable_segments  # noqa: E402
+
 # name: (TrainConfig overrides, environment)
 VARIANTS = {"modules": ({"dense_update": False}, {}),
             "dense": ({"dense_update": True}, {"STONKLIB_UPDATE_GRAPHS": "1"}),
@@ -256,7 +258,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--machine", default=None)
     a = p.parse_args(argv)
-    alloc_conf = gt.prefer_expandable_segments()  # as the trainer's launcher does, before CUDA's first allocation
+    alloc_conf = prefer_expandable_segments()  # as the trainer's launcher does, before CUDA's first allocation
     a.steps = 0  # build_ours sizes max_steps from warmup + steps
     shape = bc.SHAPES[a.shape]
     a.quantize = a.shape in ("seed", "large") if a.quantize is None else a.quantize

@@ -187,14 +187,8 @@ class GRPOTrainer:
     def _update(self, roll: Rollout, advantages: torch.Tensor) -> tuple[float, dict[str, float], bool]:
         cfg = self.cfg
         n_mb = cfg.grad_accum_steps
-        rows = roll.input_ids.shape[0] // n_mb  # whole groups per micro-batch (config guarantees it)
+        rows = roll.completion_ids.shape[0] // n_mb  # whole groups per micro-batch (config guarantees it)
         C = roll.completion_ids.shape[1]
-        # DAPO normalises by the tokens of the whole step (all micro-batches, all ranks); DDP then
-        # averages the ranks' gradients, hence the factor world.
-        num_items = None
-        if cfg.loss_type == "dapo":
-            tokens = D.all_reduce_sum(roll.completion_mask.sum().double().cpu(), self.dist)
-            num_items = float(tokens) / (n_mb * self.dist.world)
         self.policy.train()
         total_loss, stats_acc = 0.0, {}
         input_ids, attention_mask = roll.input_ids, roll.attention_mask  # concatenated once, sliced per micro-batch
@@ -203,6 +197,13 @@ class GRPOTrainer:
                                                 with_ref=cfg.kl_coef > 0)
         if graphed:  # one micro-batch, one process (GraphedUpdate.usable): the same loss, from a replay
             total_loss, stats_acc = graphed
+        # DAPO normalises by the tokens of the whole step (all micro-batches, all ranks); DDP then
+        # averages the ranks' gradients, hence the factor world. (The graph's one micro-batch on one
+        # process counts its own mask: the same number, without this host sync.)
+        num_items = None
+        if cfg.loss_type == "dapo" and not graphed:
+            tokens = D.all_reduce_sum(roll.completion_mask.sum().double().cpu(), self.dist)
+            num_items = float(tokens) / (n_mb * self.dist.world)
         for m in range(0 if graphed else n_mb):
             sl = slice(m * rows, (m + 1) * rows)
             ids, attn, cmask = input_ids[sl], attention_mask[sl], roll.completion_mask[sl]

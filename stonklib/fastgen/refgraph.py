@@ -24,15 +24,12 @@ from stonklib.fastgen.logprobs import StreamGeometry, stream_logprobs
 
 def enabled(t: Tensor) -> bool:
     """Whether reference passes on tensors like ``t`` may replay graphs (CUDA, not switched off)."""
-    return t.is_cuda and os.environ.get("STONKLIB_UPDATE_GRAPHS", "1") != "0"
+    return graphs_enabled(t.device)
 
 
-def seen_again(seen: OrderedDict, key, remember: int) -> bool:
-    """Count a sighting of ``key`` in ``seen`` (the ``remember`` latest keys kept); True from its second sighting on."""
-    seen[key] = seen.pop(key, 0) + 1
-    while len(seen) > remember:
-        seen.popitem(last=False)
-    return seen[key] >= 2
+def graphs_enabled(device: torch.device) -> bool:
+    """Whether the update may replay CUDA graphs on ``device``: CUDA, and ``STONKLIB_UPDATE_GRAPHS`` is not 0."""
+    return device.type == "cuda" and os.environ.get("STONKLIB_UPDATE_GRAPHS", "1") != "0"
 
 
 class GraphedStream:
@@ -50,7 +47,10 @@ class GraphedStream:
                id(blocks))
         entry = self.graphs.get(key)
         if entry is None:
-            if not seen_again(self.seen, key, self.remember):
+            self.seen[key] = self.seen.pop(key, 0) + 1
+            while len(self.seen) > self.remember:
+                self.seen.popitem(last=False)
+            if self.seen[key] < 2:
                 return None
             entry = self._capture(key, model, geo, temperature, chunk_tokens, blocks)
         graph, static, out = entry

@@ -113,8 +113,8 @@ class GraphedUpdate:
     def usable(logprobs, device: torch.device, *, micro_batches: int, distributed: bool) -> bool:
         """Whether the trainer's update can run from graphs: CUDA, dense seeded blocks, one micro-batch, one process."""
         blocks = getattr(logprobs, "blocks", None)
-        return (device.type == "cuda" and refgraph.enabled(torch.empty(0, device=device)) and micro_batches == 1
-                and not distributed and blocks is not None and getattr(blocks, "rng_free", False))
+        return (refgraph.graphs_enabled(device) and micro_batches == 1 and not distributed and blocks is not None
+                and getattr(blocks, "rng_free", False))
 
     def __call__(self, model, input_ids: Tensor, attention_mask: Tensor, n_completion: int, temperature: float,
                  extras: tuple[Tensor, ...], loss_fn: LossFn, with_ref: bool,
@@ -122,7 +122,7 @@ class GraphedUpdate:
         """Loss and stats (detached copies) after the backward pass, or None when this batch runs eagerly.
 
         ``extras`` go to ``loss_fn`` after the log-probs; 2-D ones of ``n_completion`` columns (the mask) are
-        completion-aligned and padded with zeros like the completions (see :meth:`_fit`).
+        completion-aligned and padded with zeros like the completions (see :func:`_fit`).
         """
         n, c = input_ids.shape[0], n_completion
         p = input_ids.shape[1] - c
@@ -138,11 +138,11 @@ class GraphedUpdate:
                 return None
             self.pending.pop(fam, None)
             ids, attn, ext = _fit(input_ids, attention_mask, extras, c, wp, wc)
-            entry = self._capture(fam, model, StreamGeometry.of(model, ids, attn, wc), ext, temperature, loss_fn,
-                                  with_ref, chunk_tokens, wp, wc)
+            geo = StreamGeometry.of(model, ids, attn, wc)
+            entry = self._capture(fam, model, geo, ext, temperature, loss_fn, with_ref, chunk_tokens, wp, wc)
         else:
             ids, attn, ext = _fit(input_ids, attention_mask, extras, c, entry.p, entry.c)
-        geo = StreamGeometry.of(model, ids, attn, entry.c)
+            geo = StreamGeometry.of(model, ids, attn, entry.c)
         if any(a.shape != b.shape for a, b in zip(geo.tensors(), entry.geo.tensors(), strict=True)):
             return None  # another count of distinct prompts (two identical prompts in the batch): eagerly
         for dst, src in zip((*entry.geo.tensors(), *entry.extras), (*geo.tensors(), *ext), strict=True):
