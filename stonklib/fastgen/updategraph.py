@@ -33,7 +33,7 @@ captures and is replayed from then on (a batch with another number of distinct p
 eagerly). A capture runs the passes once more on a side stream first (kernel compilation, autotuning,
 cuBLAS workspaces). Padding costs GPU time on the padded tokens; the saved host time outweighs it
 (an H100 at ``seed``: a batch of 128-token completions takes 0.20 s replayed from the 256-token graph,
-0.36 s eagerly; ``benchmarks/RESULTS.md``). At most ``max_graphs`` graphs are kept
+0.28–0.36 s eagerly in two leases; ``benchmarks/RESULTS.md``). At most ``max_graphs`` graphs are kept
 (one by default), each holding its own memory pool (about the eager update's peak). Replay equals
 the eager passes with the same seed (``benchmarks/update_profile.py`` checks it on the GPU). Where
 this does not apply (no CUDA, several micro-batches, DDP, the module
