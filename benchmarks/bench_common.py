@@ -17,10 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from stonklib.environment import prefer_passive_omp  # noqa: E402
+
+prefer_passive_omp()  # before torch loads (stonklib.environment says why)
+
+import torch  # noqa: E402
 
 from stonklib.data.records import Example, HistoryRow  # noqa: E402
 
@@ -208,6 +212,11 @@ def machine_name() -> str:
     return f"cpu-{os.cpu_count()}c"
 
 
+def result_name(machine: str, *parts: str, ext: str = "json") -> str:
+    """The results' naming rule: ``<machine>-<benchmark>[-<shape>...]-<YYYY-MM-DD>.<ext>`` (the date of the run)."""
+    return "-".join([machine, *[p for p in parts if p], time.strftime("%Y-%m-%d")]) + f".{ext}"
+
+
 def write_result(out_dir: str | Path, filename: str, result: dict) -> Path:
     """Write ``result`` as indented JSON to ``out_dir/filename`` (the folder made if missing); return the path."""
     import json
@@ -260,3 +269,80 @@ def cuda_kernel_profile(fn, *args, top: int = 30) -> dict:
             for e in prof.key_averages()]
     rows = sorted((r for r in rows if r["ms"] > 0), key=lambda r: -r["ms"])
     return {"kernel_ms": sum(r["ms"] for r in rows), "kernels": sum(r["calls"] for r in rows), "top": rows[:top]}
+
+
+# ---------------------------------------------------------------------- benchmark-only wrappers
+class FullLength:
+    """A sampler that never stops early: EOS is forbidden until ``max_new_tokens`` (``min_new_tokens``).
+
+    The throughput shapes force full-length completions so both systems decode the same number of
+    tokens; TRL gets the same through ``generation_kwargs={"min_new_tokens": C}``. Everything else
+    (``refresh``, ``weights``, ...) is the wrapped sampler's.
+    """
+
+    def __init__(self, sampler):
+        self.inner = sampler
+
+    def sample(self, prompt_ids, prompt_mask, *, max_new_tokens: int, **kw):
+        kw["min_new_tokens"] = max_new_tokens
+        return self.inner.sample(prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class SamplerClock:
+    """Synchronised times of a FastSampler's parts while the block runs: graph capture, prefill, decode.
+
+    It wraps the instance's ``_graph``, ``_prefill`` and ``_decode`` (their class stays untouched) and
+    keeps the last ``sample`` call's times in :attr:`timings` (``capture_s``, ``prefill_s``, ``decode_s``,
+    ``decode_steps``).
+    """
+
+    def __init__(self, sampler):
+        self.sampler = getattr(sampler, "inner", sampler)
+        self.timings: dict[str, float] = {}
+
+    def __enter__(self) -> SamplerClock:
+        fs = self.sampler
+        for name, key in (("_graph", "capture_s"), ("_prefill", "prefill_s"), ("_decode", "decode_s")):
+            setattr(fs, name, self._timed(getattr(fs, name), key))
+        return self
+
+    def _timed(self, fn, key: str):
+        def wrapper(*args, **kw):
+            sync()
+            t0 = time.perf_counter()
+            out = fn(*args, **kw)
+            sync()
+            self.timings[key] = time.perf_counter() - t0
+            if key == "decode_s":
+                self.timings["decode_steps"] = float(out - 1)
+            return out
+        return wrapper
+
+    def __exit__(self, *exc) -> None:
+        for name in ("_graph", "_prefill", "_decode"):
+            self.sampler.__dict__.pop(name, None)
+
+
+def dense_extra_bytes(blocks, model, shared=None) -> int:
+    """Bytes of dense base weights a :class:`~stonklib.update.dense.DenseBlocks` added of its own.
+
+    Not counted: the model's own tensors (dense weights are referenced, not copied) and those of
+    ``shared`` (the :class:`~stonklib.sampling.weights.DecoderWeights` it borrowed from); each storage once.
+    """
+    from stonklib.sampling.weights import causal_lm
+
+    seen = {t.data_ptr() for t in causal_lm(model).parameters()}
+    if shared is not None:
+        seen |= {t.data_ptr() for lw in shared.layers for f in (lw.qkv, lw.o, lw.gate_up, lw.down)
+                 for t in (f.weight, f.bias) if t is not None}
+    total = 0
+    for lp in blocks.layers:
+        for proj in (lp.qkv, lp.o, lp.gate_up, lp.down):
+            for t in (proj.weight, proj.bias):
+                if t is not None and t.data_ptr() not in seen:
+                    seen.add(t.data_ptr())
+                    total += t.numel() * t.element_size()
+    return total

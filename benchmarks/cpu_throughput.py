@@ -7,7 +7,7 @@ Run (from the repository root; needs ``models/smollm2-135m-instruct``, e.g. ``st
 
 Prompts are the project's real rendered prompts (the ``seed`` template, chat-formatted) for
 synthetic examples; completions are forced to 64 tokens. Float32, no quantisation. "ours" is the
-trainer as configured (:class:`stonklib.fastgen.FastSampler`, eager on CPU, and shared-prefix
+trainer as configured (:class:`stonklib.sampling.FastSampler`, eager on CPU, and shared-prefix
 log-probs); "ours_hf_full" is the same trainer with HF ``generate`` and full-forward log-probs,
 the simple reference path, as an ablation.
 Process CPU seconds per step are reported too: on a shared machine they are steadier than wall time.

@@ -39,14 +39,16 @@ from bench_common import (  # noqa: E402
     SHAPES,
     TEMPERATURE,
     TOP_P,
+    FullLength,
     load_tokenizer,
     machine_name,
     prompt_texts,
     random_model_dir,
+    result_name,
     synthetic_examples,
 )
 
-from stonklib import distributed as D  # noqa: E402
+from stonklib.grpo import distributed as D  # noqa: E402
 
 
 def _max_over_ranks(x: float, d: D.Dist, device: torch.device) -> float:
@@ -58,11 +60,11 @@ def _max_over_ranks(x: float, d: D.Dist, device: torch.device) -> float:
 
 def run(a) -> dict | None:
     from stonklib.config import TrainConfig
-    from stonklib.launch import make_sampler
+    from stonklib.grpo.launch import make_sampler
+    from stonklib.grpo.runlog import RunLog
+    from stonklib.grpo.trainer import GRPOTrainer
     from stonklib.models import add_lora, enable_checkpointing, load_base_model
-    from stonklib.rollout import encode_prompts
-    from stonklib.runlog import RunLog
-    from stonklib.trainer import GRPOTrainer
+    from stonklib.sampling.rollout import encode_prompts
 
     use_cuda = torch.cuda.is_available() and a.device != "cpu"
     d = D.init("cuda" if use_cuda else "cpu")
@@ -78,7 +80,7 @@ def run(a) -> dict | None:
     cfg = TrainConfig(stage=2, stage1_model=str(model_dir), output_dir=str(work), quantize=a.quantize and use_cuda,
                       lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
                       lora_target_modules=LORA["target_modules"], device=device.type, batch_size=B,
-                      num_generations=G, max_new_tokens=C, min_new_tokens=C, temperature=TEMPERATURE, top_p=TOP_P,
+                      num_generations=G, max_new_tokens=C, temperature=TEMPERATURE, top_p=TOP_P,
                       kl_coef=BETA, lr=LR, max_prompt_tokens=shape.prompt_tokens or 1024,
                       max_steps=a.warmup + a.steps + 1, gradient_checkpointing=True, tensorboard=False,
                       seed=a.seed)
@@ -90,7 +92,7 @@ def run(a) -> dict | None:
     tok = load_tokenizer(model_dir)
     examples = synthetic_examples(B, seed=a.seed + 1000 * d.rank)  # distinct prompts on each rank
     trainer = GRPOTrainer(cfg, policy, tok, examples, [], dist=d, runlog=RunLog(work, 2, is_main=False),
-                          sampler=make_sampler(cfg, policy, tok))
+                          sampler=FullLength(make_sampler(cfg, policy, tok)))
     ids, mask = encode_prompts(tok, prompt_texts(shape, tok, examples, seed=a.seed + d.rank), device)
     times = []
     if use_cuda:
@@ -114,12 +116,12 @@ def run(a) -> dict | None:
     result = {"shape": a.shape, "world_size": d.world, "prompts_per_rank": B, "generations": G,
               "completion_tokens_per_step": d.world * B * G * C, "step_s_median": med, "step_s_all": times,
               "completion_tokens_per_s": d.world * B * G * C / med, "peak_mem_gib_max_rank": peak,
-              "sampler": type(trainer.sampler).__name__, "quantize": cfg.quantize,
+              "sampler": type(trainer.sampler.inner).__name__, "quantize": cfg.quantize,
               "device": torch.cuda.get_device_name(0) if use_cuda else "cpu", "torch": torch.__version__}
     D.shutdown(d)
     if not d.is_main:
         return None
-    out = Path(a.out) / f"{a.machine or machine_name()}-ddp-{a.shape}-{d.world}gpu.json"
+    out = Path(a.out) / result_name(a.machine or machine_name(), "ddp", a.shape, f"{d.world}gpu")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "step_s_all"}), flush=True)

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_common import machine_name, write_result  # noqa: E402
+from bench_common import machine_name, result_name, write_result  # noqa: E402
 
 
 def time_call(fn, iters: int) -> float:
@@ -72,7 +72,7 @@ def time_call(fn, iters: int) -> float:
 
 
 def attention_case(iters: int, sweep: bool) -> dict:
-    from stonklib.fastgen import kernels as K
+    from stonklib.sampling import kernels as K
 
     n, H, KVH, D, L, slot = 16, 12, 2, 128, 768, 600
     dev, dt = torch.device("cuda"), torch.bfloat16
@@ -108,7 +108,7 @@ def attention_case(iters: int, sweep: bool) -> dict:
 
     # What the plain decoder runs for the same work: RoPE, cache writes, masked bmm, softmax, bmm. Its mask
     # is built once per step for all layers, so it is built outside the timed call here too.
-    from stonklib.fastgen.decoder import attend_static_cache, cache_bias, rope_qkv
+    from stonklib.sampling.decoder import attend_static_cache, cache_bias, rope_qkv
 
     bias = cache_bias(valid & (torch.arange(L, device=dev) <= s), H, KVH, dt)
 
@@ -122,8 +122,8 @@ def attention_case(iters: int, sweep: bool) -> dict:
 
 def sampler_case(iters: int) -> dict:
     """The Triton top-p draw against the plain-torch one at 16 x 151,936, and its distribution on a small vocabulary."""
-    from stonklib.fastgen import kernels as K
-    from stonklib.fastgen.sampler import _sample_top_p
+    from stonklib.sampling import kernels as K
+    from stonklib.sampling.fast import _sample_top_p
 
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
@@ -149,7 +149,7 @@ def sampler_case(iters: int) -> dict:
 
 def mlp_case(iters: int, sweep: bool) -> dict:
     """The skinny MLP kernels (16 rows, 1536 -> 2 x 8960 -> 1536, bf16) against cuBLAS, with a tile sweep."""
-    from stonklib.fastgen import kernels as K
+    from stonklib.sampling import kernels as K
 
     dev, dt = torch.device("cuda"), torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(0)
@@ -215,7 +215,7 @@ def main(argv=None) -> dict:
             print("   ", name, row, flush=True)
         best1 = [r for r in result["mlp"].get(f"{name}_sweep", []) if r["config"][2] == 1][:1]
         print("    best without split-K:", best1, flush=True)
-    write_result(a.out, f"{machine_name()}-decode_kernels.json", result)
+    write_result(a.out, result_name(machine_name(), "decode_kernels"), result)
     return result
 
 

@@ -18,7 +18,7 @@ q/k/v/o; the sampler decodes from its merged bf16 copy), 16 rows (the ``seed`` s
 
 Variants: ``baseline`` (the plain-torch decoder with per-layer ``torch.compile`` on CUDA; FastSampler's
 default before the Triton kernels), ``kernels`` (the same with the Triton kernels of
-``stonklib.fastgen.kernels``: each layer's RoPE + cache write + attention and its MLP, and the top-p
+``stonklib.kernels``: each layer's RoPE + cache write + attention and its MLP, and the top-p
 draw; FastSampler's CUDA default now), ``kernels_no_mlp`` (the same, MLP on cuBLAS), ``eager`` (no
 compile), ``sdpa`` (attention as one ``scaled_dot_product_attention`` call over the static cache, the
 G query heads of a KV head as G query rows), ``step_compile`` (the whole decode step under
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_common import LORA, load_tokenizer, machine_name, random_model_dir  # noqa: E402
+from bench_common import LORA, SamplerClock, load_tokenizer, machine_name, random_model_dir, result_name  # noqa: E402
 
 VARIANTS = ("baseline", "kernels", "kernels_no_mlp", "eager", "sdpa", "layer_compile", "step_compile", "step_compile_sdpa")
 
@@ -73,8 +73,8 @@ def decode_sdpa(self, tok, pos, slot, slot_valid):
 
 
 def build(variant: str, model_dir: Path, rows: int, max_len: int, quantize: bool, compile_mode: str):
-    from stonklib.fastgen import FastSampler
     from stonklib.models import add_lora, load_base_model
+    from stonklib.sampling import FastSampler
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_base_model(str(model_dir), quantize=quantize, device=dev,
@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
     model_dir = random_model_dir(Path(a.model_dir + ("-tiny" if tiny else "")), tiny=tiny)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{machine_name()}-decode_profile{'-tiny' if tiny else ''}.json"
+    path = out / result_name(machine_name(), "decode_profile", "tiny" if tiny else "")
     result = json.loads(path.read_text()) if path.is_file() else {"variants": {}}
     ref_path = Path("/tmp") / f"decode_profile_ref{'-tiny' if tiny else ''}.pt"
     for variant in variants:
@@ -147,12 +147,11 @@ def main(argv=None) -> dict:
         kw = dict(max_new_tokens=C, min_new_tokens=C, temperature=0.7, top_p=0.9)
         fs.sample(prompts, mask, **kw)  # capture / compile
         setup_s = time.perf_counter() - t0
-        fs.profile = True
         per_step = []
-        for _ in range(a.repeats):
-            fs.sample(prompts, mask, **kw)
-            per_step.append(1e3 * fs.timings["decode_s"] / fs.timings["decode_steps"])
-        fs.profile = False
+        with SamplerClock(fs) as clock:
+            for _ in range(a.repeats):
+                fs.sample(prompts, mask, **kw)
+                per_step.append(1e3 * clock.timings["decode_s"] / clock.timings["decode_steps"])
         # One decode step's logits from a fixed state, against the baseline's.
         with torch.no_grad():
             fs.decoder.prefill(prompts, mask)

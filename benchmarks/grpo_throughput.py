@@ -17,10 +17,10 @@ What is compared, and how:
   0.05 on q/k/v/o for both systems; beta = 0.05 (k3 KL to the adapter-less model); temperature 0.7,
   top-p 0.9, no top-k; one optimisation pass per batch (mu = 1); the five-part project reward for
   both (TRL through :func:`stonklib.rewards.trl_reward_funcs`); gradient checkpointing for both.
-- Completions are forced to full length (``min_new_tokens = max_new_tokens``) and this is asserted
-  for both systems at every step.
-- "ours" is :meth:`stonklib.trainer.GRPOTrainer.step` as ``stonk train`` builds it (sampler from
-  ``stonklib.launch.make_sampler``): sampling, decoding, scoring, group advantages, reference and policy
+- Completions are forced to full length (ours: the sampler wrapped in ``bench_common.FullLength``; TRL:
+  ``generation_kwargs={"min_new_tokens": C}``) and this is asserted for both systems at every step.
+- "ours" is :meth:`stonklib.grpo.trainer.GRPOTrainer.step` as ``stonk train`` builds it (sampler from
+  ``stonklib.grpo.launch.make_sampler``): sampling, decoding, scoring, group advantages, reference and policy
   log-probs, loss, backward, clip, AdamW, LR schedule and the sampler's refresh. Nothing is
   cached across steps. With mu = 1 the "old" log-probs equal the policy's detached, so the trainer
   does not run a third forward for them (an algorithmic identity, also what TRL does for mu = 1).
@@ -33,22 +33,22 @@ What is compared, and how:
   untimed step of ours is instrumented for a breakdown (sampling / log-probs / backward /
   optimizer).
 - "ours" is the trainer as configured by default: FastSampler (CUDA graphs on GPU, eager on CPU)
-  and :func:`stonklib.fastgen.logprobs.shared_prefix_logprobs` (each group's prompt computed once
-  in the update) over dense base weights (:mod:`stonklib.fastgen.update`, ``dense_update``).
+  and :func:`stonklib.update.prefix.shared_prefix_logprobs` (each group's prompt computed once
+  in the update) over dense base weights (:mod:`stonklib.update.dense`, ``dense_update``).
   Ablations (``--systems``): ``ours_fast`` / ``ours_hf`` force the sampler; a ``_modules`` suffix
   runs the update's passes through the PEFT/bitsandbytes modules (``dense_update=False``); a
   ``_full`` suffix computes the update's log-probs with the full forward
   (``shared_prefix_logprobs=False``), e.g. ``ours_hf_full`` is the simple reference path.
-- FastSampler ``torch.compile``s its per-layer work on CUDA; ``STONKLIB_FASTGEN_COMPILE=0`` turns it off.
+- ``--set FIELD=VALUE`` overrides further :class:`~stonklib.config.TrainConfig` fields for ours (e.g.
+  ``--set compile_decoder=false``); the result records every fast-path switch in force.
 
-Writes ``<out>/<machine>-<shape>.json`` (default ``benchmarks/results``).
+Writes ``<out>/<machine>-<shape>-<date>.json`` (default ``benchmarks/results``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -69,7 +69,9 @@ from bench_common import (  # noqa: E402
     TOP_P,
     WORDLEVEL,
     Example,
+    FullLength,
     GCClock,
+    SamplerClock,
     Shape,
     cuda_kernel_profile,
     free_memory,
@@ -81,6 +83,7 @@ from bench_common import (  # noqa: E402
     prompt_texts,
     random_model_dir,
     reset_peak,
+    result_name,
     summarise,
     sync,
     synthetic_examples,
@@ -88,7 +91,24 @@ from bench_common import (  # noqa: E402
     versions,
 )
 
-from stonklib.models import prefer_expandable_segments  # noqa: E402
+from stonklib.environment import prefer_expandable_segments  # noqa: E402
+
+#: The TrainConfig switches that decide which fast path ours runs (recorded with every result).
+FAST_PATH_FIELDS = ("fast_sampler", "shared_prefix_logprobs", "dense_update", "lora_matmul_dtype", "triton_kernels",
+                    "decode_mlp_kernel", "compile_decoder", "decode_graphs", "update_graphs")
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["compile_decoder=false", "kl_coef=0"]`` -> TrainConfig overrides, typed by YAML's rules."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: write FIELD=VALUE, e.g. --set compile_decoder=false")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 # ---------------------------------------------------------------------- ours
@@ -98,18 +118,18 @@ def build_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: lis
 
     ``cfg_overrides`` are further :class:`~stonklib.config.TrainConfig` fields (ablations)."""
     from stonklib.config import TrainConfig
-    from stonklib.launch import make_sampler
+    from stonklib.grpo.launch import make_sampler
+    from stonklib.grpo.runlog import RunLog
+    from stonklib.grpo.trainer import GRPOTrainer
     from stonklib.models import add_lora, enable_checkpointing, load_base_model, load_policy, pick_device
-    from stonklib.rollout import HFSampler, encode_prompts
-    from stonklib.runlog import RunLog
-    from stonklib.trainer import GRPOTrainer
+    from stonklib.sampling.rollout import HFSampler, encode_prompts
 
     device = pick_device(a.device)
     B, G, C = shape.prompts, shape.generations, shape.completion_tokens
     cfg = TrainConfig(stage=2, stage1_model=str(model_dir), output_dir=str(work / "ours"), quantize=a.quantize,
                       lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
                       lora_target_modules=LORA["target_modules"], device=device.type, batch_size=B, num_generations=G,
-                      max_new_tokens=C, min_new_tokens=C, temperature=TEMPERATURE, top_p=TOP_P, kl_coef=BETA, lr=LR,
+                      max_new_tokens=C, temperature=TEMPERATURE, top_p=TOP_P, kl_coef=BETA, lr=LR,
                       max_prompt_tokens=shape.prompt_tokens or 1024, max_steps=a.warmup + a.steps + 1,
                       gradient_checkpointing=True, tensorboard=False, seed=a.seed, shared_prefix_logprobs=shared_prefix,
                       **cfg_overrides)
@@ -121,16 +141,17 @@ def build_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: lis
         tok = load_tokenizer(model_dir)
     else:
         policy, tok = load_policy(cfg, device, device_map=device_map)
-    if cfg.gradient_checkpointing:  # as stonklib.launch.run_training does
+    if cfg.gradient_checkpointing:  # as stonklib.grpo.launch.run_training does
         enable_checkpointing(policy)
     if sampler_kind == "fast":
-        from stonklib.fastgen import FastSampler
+        from stonklib.sampling import FastSampler
 
         sampler = FastSampler(policy, tok, max_batch=B * G, max_len=cfg.max_prompt_tokens + C)
     elif sampler_kind == "hf":
         sampler = HFSampler(policy, tok)
     else:
         sampler = make_sampler(cfg, policy, tok)
+    sampler = FullLength(sampler)
     log = RunLog(work / "ours", cfg.stage, tensorboard=False)
     trainer = GRPOTrainer(cfg, policy, tok, examples, [], runlog=log, sampler=sampler)
     ids, mask = encode_prompts(tok, texts, device)
@@ -143,7 +164,7 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
              sampler_kind: str = "auto", shared_prefix: bool = True, dense_update: bool = True) -> dict:
     """stonklib's trainer step; ``shared_prefix=False`` / ``dense_update=False`` are the ablations."""
     trainer, ids, mask, log = build_ours(a, shape, model_dir, texts, examples, work, sampler_kind, shared_prefix,
-                                         dense_update=dense_update)
+                                         **({"dense_update": dense_update} | parse_set(a.set)))
     sampler, device = trainer.sampler, trainer.device
     B, G, C = shape.prompts, shape.generations, shape.completion_tokens
 
@@ -167,7 +188,8 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     out = summarise(times, a.warmup, B * G * C, peak, cpu_times)
     out["peak_reserved_gib"] = peak_reserved_gib()
     out["gc_s_all"], out["gc_full_all"] = [g[0] for g in gcs], [g[1] for g in gcs]
-    out["sampler"] = type(sampler).__name__
+    out["sampler"] = type(sampler.inner).__name__
+    out["fast_path"] = {k: getattr(trainer.cfg, k) for k in FAST_PATH_FIELDS}
     out["logprobs"] = trainer.logprobs.__name__
     out["trainer_timings"] = parts
     out["profile"] = profile_ours_step(trainer, ids, mask, examples)
@@ -191,9 +213,10 @@ def profile_ours_step(trainer, ids, mask, examples) -> dict:
     trainer.logprobs = trainer.forward.fn = timed(acc, logprob_pass_key("ref_logprobs_s", "policy_logprobs_s"), orig_lp)
     trainer.optimizer.step = timed(acc, lambda: "optimizer_s", orig_opt)
     trainer.sampler.refresh = timed(acc, lambda: "refresh_s", orig_refresh)
-    if hasattr(trainer.sampler, "profile"):
-        trainer.sampler.profile = True
+    clock = SamplerClock(trainer.sampler) if hasattr(trainer.sampler.inner, "_decode") else None
     try:
+        if clock is not None:
+            clock.__enter__()
         sync()
         t0 = time.perf_counter()
         res = trainer.step(ids, mask, examples)
@@ -203,13 +226,13 @@ def profile_ours_step(trainer, ids, mask, examples) -> dict:
         trainer.logprobs = trainer.forward.fn = orig_lp
         trainer.optimizer.step = orig_opt
         trainer.sampler.refresh = orig_refresh
-        if hasattr(trainer.sampler, "profile"):
-            trainer.sampler.profile = False
+        if clock is not None:
+            clock.__exit__()
     t = res.timings
     prof = {"step_s": total, "sample_s": t.get("sample_s"), "score_s": t.get("score_s"), **acc}
     prof["backward_loss_clip_s"] = (t.get("update_s", 0.0) - acc["ref_logprobs_s"] - acc["policy_logprobs_s"]
                                     - acc["optimizer_s"])
-    prof["sampler"] = dict(getattr(trainer.sampler, "timings", {}) or {})
+    prof["sampler"] = dict(clock.timings) if clock is not None else {}
     if getattr(trainer, "graphed", None) is not None:  # the passes ran inside the update's CUDA graph: no pass timers
         prof["update_graph"] = {"captures": trainer.graphed.captures, "replays": trainer.graphed.replays}
     return prof
@@ -311,9 +334,11 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--op_profile", action="store_true", help="Also record ours' CUDA kernel times of one extra step.")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="A TrainConfig field for ours (repeatable), e.g. --set compile_decoder=false.")
     # --- where
     p.add_argument("--model_dir", default=None, help="Synthetic model folder (created if missing; default: a temp dir).")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="Folder for <machine>-<shape>.json.")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="Folder for <machine>-<shape>-<date>.json.")
     p.add_argument("--machine", default=None, help="Name in the file name (default: from the device).")
     return p.parse_args(argv)
 
@@ -343,8 +368,7 @@ def main(argv=None) -> dict:
                   "prompt_tokens": n_prompt, "quantize": a.quantize, "steps": a.steps, "warmup": a.warmup,
                   "device": torch.cuda.get_device_name(0) if a.device == "cuda" else platform.processor() or "cpu",
                   "cpu_threads": torch.get_num_threads(), "versions": versions(),
-                  "cuda_alloc_conf": alloc_conf,
-                  "fastgen_compile": os.environ.get("STONKLIB_FASTGEN_COMPILE", "default (on for CUDA)"),
+                  "cuda_alloc_conf": alloc_conf, "date": time.strftime("%Y-%m-%d"), "overrides": parse_set(a.set),
                   "systems": {}}
         for system in [s.strip() for s in a.systems.split(",") if s.strip()]:
             print(f"== {system}", flush=True)
@@ -364,7 +388,7 @@ def main(argv=None) -> dict:
             r["ratio_cpu_time"] = r["completion_tokens_per_cpu_s"] / trl["completion_tokens_per_cpu_s"]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{result['machine']}-{a.shape}.json"
+    path = out / result_name(result["machine"], "grpo_throughput", a.shape)
     path.write_text(json.dumps(result, indent=2))
     print_table(result)
     print("wrote", path)

@@ -61,8 +61,8 @@ def windows(output_dir: Path, width: int = 10) -> list[dict]:
     """
     from collections import defaultdict
 
-    from stonklib.market import MarketStats
-    from stonklib.runlog import read_jsonl
+    from stonklib.grpo.market import MarketStats
+    from stonklib.grpo.runlog import read_jsonl
 
     logs = sorted(output_dir.glob("stage*_training_log.jsonl"))
     if not logs:
@@ -114,7 +114,7 @@ def plot(data: dict, path: Path) -> None:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from stonklib.plots import plot_metric_curves, save
+    from stonklib.workbook.plots import plot_metric_curves, save
 
     fig = Figure(figsize=(16, 4), layout="constrained")
     axes = fig.subplots(1, 4)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(args.replot or cfg.output_dir)
     wall = None
     if args.replot is None and not (out_dir / "final").is_dir():
-        from stonklib.launch import _has_run, run_training
+        from stonklib.grpo.launch import _has_run, run_training
 
         if _has_run(out_dir):
             cfg.resume = True  # continue an interrupted run

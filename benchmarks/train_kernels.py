@@ -5,8 +5,8 @@
 Cases (bf16 inputs, 6,144 tokens: 4 prompts x 512 + 16 completions x 256, as the update sees them):
 
 - ``logp``: one chunk of the log-prob head, 1,024 tokens x 151,936 logits, temperature 0.7
-  (:func:`stonklib.fastgen.kernels.logp.token_logprobs` vs the float32 cast, divide, gather, ``logsumexp``);
-- ``rms_norm``: [6144, 1536] (:func:`stonklib.fastgen.kernels.train.rms_norm` vs HF's RMSNorm chain);
+  (:func:`stonklib.kernels.logp.token_logprobs` vs the float32 cast, divide, gather, ``logsumexp``);
+- ``rms_norm``: [6144, 1536] (:func:`stonklib.kernels.train.rms_norm` vs HF's RMSNorm chain);
 - ``swiglu``: [6144, 2 x 8960] (``swiglu`` vs ``silu(gate) * up``);
 - ``rope``: the q|k view [6144, 14 of 16 heads, 128] of a q|k|v tensor (``rope`` vs ``x*cos + rotate_half(x)*sin``).
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_common import machine_name, write_result  # noqa: E402
+from bench_common import machine_name, result_name, write_result  # noqa: E402
 
 
 def _time_ms(fn, iters: int = 20) -> float:
@@ -48,8 +48,8 @@ def _time_ms(fn, iters: int = 20) -> float:
 
 
 def _cases():
-    from stonklib.fastgen.kernels import train as K
-    from stonklib.fastgen.kernels.logp import token_logprobs, token_logprobs_reference
+    from stonklib.kernels import train as K
+    from stonklib.kernels.logp import token_logprobs, token_logprobs_reference
 
     g = torch.Generator(device="cuda").manual_seed(0)
 
@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
         row["speedup"] = row["eager"]["fwd_bwd_ms"] / row["fused"]["fwd_bwd_ms"]
         result[name] = row
         print(name, json.dumps(row), flush=True)
-    write_result(a.out, f"{machine_name()}-train_kernels.json", result)
+    write_result(a.out, result_name(machine_name(), "train_kernels"), result)
     return result
 
 

@@ -7,7 +7,7 @@ Run (from the repository root)::
 For each variant the trainer is built as ``grpo_throughput.py`` builds "ours" (same model, shapes,
 NF4 + LoRA, KL, gradient checkpointing); ``modules`` runs the update's log-prob passes through the
 model's PEFT/bitsandbytes modules (``dense_update=False``), ``dense`` over dense base weights
-(``dense_update=True``, :mod:`stonklib.fastgen.update`; its LoRA matmuls in bf16, the default
+(``dense_update=True``, :mod:`stonklib.update.dense`; its LoRA matmuls in bf16, the default
 ``lora_matmul_dtype="model"``), ``dense_fp32_lora`` the same with the LoRA matmuls in float32
 (``lora_matmul_dtype="adapter"``). After ``--warmup`` full steps, the last
 step's rollout is kept and the update alone (reference pass, policy pass, loss, backward with
@@ -26,14 +26,14 @@ checkpoint recompute, clip, AdamW) is run on it:
 - ``ref_graph`` (dense variants): the reference pass replayed from its CUDA graph against the same
   pass run eagerly (max abs difference; how many graphs were captured and replayed);
 - ``update_graph`` (dense variants on CUDA, where the trainer replays the whole update from a graph,
-  :mod:`stonklib.fastgen.updategraph`): a replay against the same passes, loss and backward run
+  :mod:`stonklib.update.graphs`): a replay against the same passes, loss and backward run
   eagerly with the same dropout seed (loss, stats, and the LoRA gradients' max abs and relative L2
   differences; ``eager_vs_eager_*``: the eager passes run twice, the nondeterminism of the GPU's
   reductions alone); ``parts`` is empty then (the passes run inside the graph); ``padded``: updates on
   the rollout cut to half its completion length, replayed from the full-length graph (padded up)
   against the same updates run eagerly.
 
-``dense_nographs`` is ``dense`` with ``STONKLIB_UPDATE_GRAPHS=0``: every pass eager.
+``dense_nographs`` is ``dense`` with ``update_graphs=False``: every pass eager.
 
 Writes ``<out>/<machine>-update_profile-<shape>.json``.
 """
@@ -41,7 +41,6 @@ Writes ``<out>/<machine>-update_profile-<shape>.json``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -57,13 +56,13 @@ sys.path.insert(0, str(ROOT))
 import bench_common as bc  # noqa: E402
 import grpo_throughput as gt  # noqa: E402
 
-from stonklib.models import prefer_expandable_segments  # noqa: E402
+from stonklib.environment import prefer_expandable_segments  # noqa: E402
 
-# name: (TrainConfig overrides, environment)
-VARIANTS = {"modules": ({"dense_update": False}, {}),
-            "dense": ({"dense_update": True}, {"STONKLIB_UPDATE_GRAPHS": "1"}),
-            "dense_nographs": ({"dense_update": True}, {"STONKLIB_UPDATE_GRAPHS": "0"}),
-            "dense_fp32_lora": ({"dense_update": True, "lora_matmul_dtype": "adapter"}, {"STONKLIB_UPDATE_GRAPHS": "1"})}
+# name: TrainConfig overrides
+VARIANTS = {"modules": {"dense_update": False},
+            "dense": {"dense_update": True},
+            "dense_nographs": {"dense_update": True, "update_graphs": False},
+            "dense_fp32_lora": {"dense_update": True, "lora_matmul_dtype": "adapter"}}
 
 
 def capture_update_inputs(trainer, ids, mask, examples, warmup: int):
@@ -106,7 +105,7 @@ def timed_parts(trainer, roll, adv) -> dict:
 
 def dense_check(trainer, roll) -> dict:
     """Dense vs module log-probs and LoRA gradients on one rollout, dropout off (policy in eval mode)."""
-    from stonklib.fastgen.logprobs import shared_prefix_logprobs
+    from stonklib.update.prefix import shared_prefix_logprobs
 
     policy, C, T = trainer.policy, roll.completion_ids.shape[1], trainer.cfg.temperature
     keep = roll.completion_mask.bool()
@@ -129,8 +128,8 @@ def dense_check(trainer, roll) -> dict:
 
 def ref_graph_check(trainer, roll) -> dict:
     """The reference pass replayed from its CUDA graph against the same pass run eagerly (max abs difference)."""
-    from stonklib.fastgen.logprobs import StreamGeometry, stream_logprobs
     from stonklib.models import adapters_off
+    from stonklib.update.prefix import StreamGeometry, stream_logprobs
 
     fn, C, T = trainer.logprobs, roll.completion_ids.shape[1], trainer.cfg.temperature
     with torch.no_grad(), adapters_off(trainer.policy):
@@ -185,7 +184,7 @@ def update_graph_check(trainer, roll, adv) -> dict:
 def padded_timing(trainer, roll, adv, repeats: int) -> dict:
     """Updates on the rollout cut to half its completion length: replayed from the full-length graph (padded up)
     against the same updates run eagerly (every pass), ``repeats`` each, synchronised wall times."""
-    from stonklib.rollout import Rollout
+    from stonklib.sampling.rollout import Rollout
 
     half = roll.completion_ids.shape[1] // 2
     cut = Rollout(roll.prompt_ids, roll.prompt_mask, roll.completion_ids[:, :half], roll.completion_mask[:, :half],
@@ -208,8 +207,7 @@ def padded_timing(trainer, roll, adv, repeats: int) -> dict:
 
 
 def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
-    overrides, env = VARIANTS[name]
-    os.environ.update(env)
+    overrides = VARIANTS[name]
     trainer, ids, mask, log = gt.build_ours(a, shape, model_dir, texts, examples, work / name, **overrides)
     print(f"== {name}: update log-probs with {trainer.logprobs.__name__}", flush=True)
     roll, adv = capture_update_inputs(trainer, ids, mask, examples, a.warmup)
@@ -233,7 +231,8 @@ def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
             out["update_graph"] = update_graph_check(trainer, roll, adv)
             out["padded"] = padded_timing(trainer, roll, adv, a.repeats)
     if hasattr(trainer.logprobs, "blocks"):
-        out["dense_extra_gib"] = trainer.logprobs.blocks.extra_bytes() / 2**30
+        shared = getattr(trainer.sampler, "weights", None)
+        out["dense_extra_gib"] = bc.dense_extra_bytes(trainer.logprobs.blocks, trainer.policy, shared) / 2**30
     print(f"   update {out['update_s_median']:.3f} s, parts {out['parts']}, kernels "
           f"{out.get('kernel_ms', 0):.1f} ms in {out.get('kernels', 0)}, peak {out['peak_mem_gib']}, "
           f"check {out.get('check')}, reference graph {out.get('ref_graph')}, update graph {out.get('update_graph')}, "
@@ -281,7 +280,7 @@ def main(argv=None) -> dict:
             if name not in VARIANTS:
                 raise SystemExit(f"unknown variant {name!r}: use {', '.join(VARIANTS)}.")
             result["variants"][name] = run_variant(a, shape, model_dir, texts, examples, work, name)
-    bc.write_result(a.out, f"{result['machine']}-update_profile-{a.shape}.json", result)
+    bc.write_result(a.out, bc.result_name(result["machine"], "update_profile", a.shape), result)
     return result
 
 

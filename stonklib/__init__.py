@@ -1,21 +1,20 @@
 """stonklib: the package behind the Stonk GRPO research workbook.
 
-The data flows one way; each module owns one arrow of it::
+The packages are the pipeline, in the order the data flows; imports only point down it::
 
-    data ─▶ prompts ─▶ rollout ─▶ rewards ─▶ grpo (advantages/loss) ─▶ trainer
-                                     │                                  │
-                                     └──────▶ market / runlog ◀─────────┘ ─▶ evaluate ─▶ plots ─▶ notebooks
+    data ─▶ prompts ─▶ sampling ─▶ rewards ─▶ update ─▶ grpo ─▶ evaluate ─▶ workbook
+     │                    ▲                               │
+     └─ warmup (supervised cold start: its adapter is the first policy) ─┘
 
-Run ``stonk --help`` for the command line, or open ``notebooks/`` for the workbook.
+``data`` builds typed examples with chronological splits; ``prompts`` renders them; ``sampling``
+draws G completions per prompt (``kernels`` holds its Triton code and the update's); ``rewards``
+scores them; ``update`` computes the per-token log-probs the loss needs; ``grpo`` is the loss, the
+loop, checkpoints and logs; ``evaluate`` scores a model against baselines; ``workbook`` is what
+only the notebooks and ``stonk report`` use. ``config``, ``paths``, ``environment`` and ``models``
+serve every stage; ``cli`` is the ``stonk`` command and the only module that parses arguments.
+
+Importing stonklib changes nothing in the process (:mod:`stonklib.environment` says what the entry
+points set). Run ``stonk --help`` for the command line, or open ``notebooks/`` for the workbook.
 """
-
-import os as _os
-
-# OpenMP's default spin-waiting makes small matrix products ~100x slower when the
-# cores are shared (measured: 5 ms instead of 0.04 ms for an [8,576]x[576,576]
-# product on a 2-core VM with one busy neighbour), which dominates CPU decoding.
-# Passive waiting costs nothing measurable on big products. It only takes effect
-# if stonklib is imported before torch; set OMP_WAIT_POLICY yourself to override.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stonklib import config as C
+from stonklib.environment import prefer_passive_omp
 
 SECTIONS = {C.DataConfig: "data", C.TrainConfig: "train", C.EvalConfig: "eval"}
 
@@ -89,7 +90,7 @@ def cmd_model_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from stonklib.launch import run_training
+    from stonklib.grpo.launch import run_training
 
     if args.balanced:
         args.natural_distribution = False
@@ -111,7 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from stonklib.report import run_report
+    from stonklib.workbook.report import run_report
 
     index = run_report(args.config, run_name=args.run, notebooks=args.notebooks)
     print(f"report: {index}")
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    prefer_passive_omp()  # before torch loads (stonklib.environment)
     from stonklib.models import ModelError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

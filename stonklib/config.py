@@ -83,6 +83,8 @@ class DataConfig:
 # -------------------------------------------------------------------------- train
 REWARD_PARTS = ("direction", "magnitude", "confidence", "data_utilization", "format")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+#: ``triton_kernels`` -> the fast path's ``kernels=`` argument (:func:`stonklib.kernels.wanted`).
+KERNEL_SWITCH = {"auto": None, "on": True, "off": False}
 
 
 @dataclass
@@ -100,11 +102,17 @@ class TrainConfig:
     lora_target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Modules that get a LoRA adapter.")
     trust_remote_code: bool = _f(False, "Allow model repos to run their own code (off unless you trust the repo).")
     device: str = _f("auto", "auto, cpu or cuda (auto picks cuda when available).")
-    gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass (needed for 1.5B models on an 8 GiB budget).")
-    fast_sampler: bool = _f(True, "Sample with stonklib.fastgen's decoder (bf16 + CUDA graphs on GPU, float32 eager on CPU); architectures it does not implement fall back to HF generate.")
-    shared_prefix_logprobs: bool = _f(True, "Run each group's prompt through the network once in the log-prob passes (stonklib.fastgen.logprobs); architectures it does not implement fall back to the full forward.")
-    dense_update: bool = _f(True, "Run the update's log-prob passes over dense base weights with the LoRA applied unmerged (stonklib.fastgen.update; no NF4 dequantisation or PEFT module calls per pass). Used with shared_prefix_logprobs when the weights are dense already or FastSampler can lend its copy.")
-    lora_matmul_dtype: str = _f("model", "Dtype of the dense update's LoRA matmuls: model (the base weights' dtype, bf16 on GPU, as under autocast and in TRL's bf16 runs; on an H100 a seed update ran 185 instead of 211 ms of GPU kernels) or adapter (the adapter's float32, as PEFT's eager modules compute). Parameters and their gradients stay float32; float32 models compute in float32 either way.")
+    gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass: less GPU memory (what lets a 1.5B model train in 8 GiB), more compute.")
+    # --- the fast path (each switch changes speed, never the algorithm; docs/performance.md)
+    fast_sampler: bool = _f(True, "Sample with stonklib.sampling.fast.FastSampler (bf16 + CUDA graphs on GPU, float32 eager on CPU); architectures it does not implement fall back to HF generate.")
+    shared_prefix_logprobs: bool = _f(True, "Run each group's prompt through the network once in the log-prob passes (stonklib.update.prefix); architectures it does not implement fall back to the full forward.")
+    dense_update: bool = _f(True, "Run the update's log-prob passes over dense base weights with the LoRA applied unmerged (stonklib.update.dense; no NF4 dequantisation or PEFT module calls per pass). Used with shared_prefix_logprobs when the weights are dense already or FastSampler can lend its copy.")
+    lora_matmul_dtype: str = _f("model", "Dtype of the dense update's LoRA matmuls: model (the base weights' dtype, bf16 on GPU, as under autocast and in TRL's bf16 runs) or adapter (the adapter's float32, as PEFT's eager modules compute). Parameters and their gradients stay float32; float32 models compute in float32 either way.")
+    triton_kernels: str = _f("auto", "The Triton kernels (the decode step's attention, MLP and top-p draw; the update's RMSNorm, SwiGLU, RoPE, log-prob head and seeded LoRA dropout): auto (on CUDA with Triton installed), off (their plain-torch twins: the same model and sampling distribution, slower) or on (wherever Triton runs, CPU included under TRITON_INTERPRET=1: slow, for tests).")
+    decode_mlp_kernel: bool = _f(True, "With triton_kernels: the decode step's MLP as a Triton kernel too. Its split-K sums use atomics, so GPU sampling is not bit-reproducible run to run; off keeps cuBLAS for the MLP.")
+    compile_decoder: bool = _f(True, "On CUDA, torch.compile each decode layer's elementwise work (compiled once per run).")
+    decode_graphs: bool = _f(True, "On CUDA, replay the sampler's decode step from a CUDA graph (one launch per token step).")
+    update_graphs: bool = _f(True, "On CUDA, replay the update's reference pass, and with one micro-batch on one process its whole forward and backward pass, from CUDA graphs (stonklib.update.graphs).")
     # --- data
     data: str | None = _f(None, "A built data directory (stonk data build); default: the bundled S&P 500 data, built on first use.")
     natural_distribution: bool = _f(True, "Sample prompts from the natural up/down mix (Stage II). --balanced turns it off (Stage I).")
@@ -119,7 +127,6 @@ class TrainConfig:
     num_generations: int = _f(4, "Completions sampled per prompt: the GRPO group size G.")
     grad_accum_steps: int = _f(1, "Micro-batches per optimizer step (the batch is split into this many).")
     max_new_tokens: int = _f(400, "Longest completion, in tokens.")
-    min_new_tokens: int = _f(0, "Forbid EOS before this many tokens (benchmarks force full-length completions).")
     temperature: float = _f(0.7, "Sampling temperature for rollouts.")
     top_p: float = _f(0.9, "Nucleus sampling threshold for rollouts.")
     kl_coef: float = _f(0.05, "beta: weight of the k3 KL penalty to the Stage I reference.")
@@ -167,12 +174,12 @@ class TrainConfig:
         _check(self.loss_type in LOSS_TYPES, f"loss_type={self.loss_type!r}: use one of {', '.join(LOSS_TYPES)}.")
         _check(self.lora_matmul_dtype in ("model", "adapter"),
                f"lora_matmul_dtype={self.lora_matmul_dtype!r}: use model or adapter.")
+        _check(self.triton_kernels in KERNEL_SWITCH, f"triton_kernels={self.triton_kernels!r}: use auto, on or off.")
         _check(self.scale_rewards in ("group", "none"), f"scale_rewards={self.scale_rewards!r}: use group or none.")
         _check(self.lr_scheduler in ("cosine", "linear", "constant"), f"lr_scheduler={self.lr_scheduler!r}: use cosine, linear or constant.")
         _check(self.epochs >= 1, f"epochs={self.epochs}: must be at least 1.")
         _check(self.max_steps is None or self.max_steps >= 1, f"max_steps={self.max_steps}: must be at least 1.")
         _check(self.max_new_tokens >= 1, f"max_new_tokens={self.max_new_tokens}: must be at least 1.")
-        _check(0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be in [0, max_new_tokens].")
         _check(0 < self.top_p <= 1, f"top_p={self.top_p}: must be in (0, 1].")
         _check(self.temperature > 0, f"temperature={self.temperature}: must be > 0.")
         _check(self.save_steps >= 1 and self.eval_steps >= 1, "save_steps and eval_steps must be at least 1.")
@@ -185,6 +192,11 @@ class TrainConfig:
         _check(_is_model_ref(self.stage1_model),
                f"stage1_model={self.stage1_model!r} is neither a directory nor a hub id (org/name). "
                "Fetch the embedded model with `stonk model fetch smollm2` or pass a path.")
+
+
+def kernels_arg(cfg: TrainConfig) -> bool | None:
+    """``cfg.triton_kernels`` as the fast path's ``kernels=`` argument: None (auto), True (on) or False (off)."""
+    return KERNEL_SWITCH[cfg.triton_kernels]
 
 
 def _is_time_zone(name: str) -> bool:
@@ -244,10 +256,6 @@ class EvalConfig:
 
 
 # ------------------------------------------------------------------ load / dump
-def field_help(cls: type) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
-
-
 def field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}

@@ -151,22 +151,6 @@ def _tokenizer_ref(src: ModelSource) -> str:
     return src.base
 
 
-#: What the trainer asks of torch's CUDA allocator unless ``PYTORCH_CUDA_ALLOC_CONF`` is set.
-CUDA_ALLOC_CONF = "expandable_segments:True"
-
-
-def prefer_expandable_segments() -> str:
-    """Default torch's CUDA allocator to expandable segments; returns the configuration in force.
-
-    The update replays a CUDA graph whose memory pool stays reserved beside the allocator's cache for
-    the sampling phase; with fixed-size segments the two fragment (seed shape on an H100: 8.3 GiB
-    reserved for 5.7 GiB allocated), with expandable segments they pack (7.2 GiB;
-    ``benchmarks/RESULTS.md``). Takes effect only before CUDA's first allocation in the process; a
-    ``PYTORCH_CUDA_ALLOC_CONF`` the user set is left alone.
-    """
-    return os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", CUDA_ALLOC_CONF)
-
-
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -285,8 +269,8 @@ def adapters_off(model):
 
     The same switch PEFT's ``model.disable_adapter()`` flips (each tuner layer's ``disable_adapters``),
     flipped directly on the layers found once per model. PEFT's context manager also walks every
-    module and prints it to check the adapters' status, and toggles ``requires_grad``: about 25 ms of
-    host time per call on a 28-layer model, paid by every GRPO step. Models that are not PEFT LoRA
+    module and prints it to check the adapters' status, and toggles ``requires_grad``: host time in
+    every GRPO step that grows with the number of modules. Models that are not PEFT LoRA
     models get PEFT's own context manager (or nothing, when they have no adapter).
     """
     layers = getattr(model, "_stonklib_tuner_layers", None)

@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# Triton's kernels (stonklib.fastgen.kernels) run on CPU through its interpreter. The switch must be
+# Triton's kernels (stonklib.kernels) run on CPU through its interpreter. The switch must be
 # set before Triton is first imported; on a CUDA machine they run compiled, so it stays off there.
 if not Path("/dev/nvidia0").exists() and "triton" not in __import__("sys").modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")

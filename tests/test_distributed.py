@@ -32,12 +32,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stonklib import distributed as D
-from stonklib.checkpoint import check_global_batch
 from stonklib.config import ConfigError, DataConfig, TrainConfig
 from stonklib.data import build_dataset
-from stonklib.market import MarketStats
-from stonklib.runlog import read_jsonl
+from stonklib.grpo import distributed as D
+from stonklib.grpo.checkpoint import check_global_batch
+from stonklib.grpo.market import MarketStats
+from stonklib.grpo.runlog import read_jsonl
 
 WORLD, B, G, STEPS = 2, 2, 2, 4
 
@@ -45,7 +45,7 @@ TOY_ENTRY = '''\
 """`stonk train` with a toy reward: the vowel share of the completion (varies within a group)."""
 import sys
 
-import stonklib.trainer as T
+import stonklib.grpo.trainer as T
 from stonklib.config import REWARD_PARTS
 from stonklib.rewards import RewardBreakdown
 from stonklib.rewards.parse import Prediction

@@ -112,8 +112,9 @@ def test_verdict_significant_and_below_and_caveats():
 # --------------------------------------------------------------------- generation
 @needs_tokenizer
 def test_generation_flushes_per_batch_and_resumes_after_a_crash(tmp_path, monkeypatch):
-    from stonklib import models, rollout
+    from stonklib import models
     from stonklib.models import load_tokenizer
+    from stonklib.sampling import rollout
 
     tok = load_tokenizer(str(TOKENIZER_DIR))
     monkeypatch.setattr(models, "load_for_inference", lambda *a, **k: (None, tok))

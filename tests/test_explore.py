@@ -1,4 +1,4 @@
-"""The analysis functions the notebooks call: stonklib.explore, reward_lab, findings and workbook.
+"""The analysis functions the notebooks call: stonklib.workbook.explore, reward_lab, findings and workbook.
 
 Offline and fast: a toy CSV build, hand-made completions, hand-made metrics tables.
 """
@@ -13,11 +13,12 @@ import pandas as pd
 import pytest
 from conftest import example
 
-from stonklib import explore, findings, reward_lab, workbook
+from stonklib import workbook
 from stonklib.config import DataConfig, EvalConfig
 from stonklib.data import load_summary
 from stonklib.data.records import Example
 from stonklib.rewards import score
+from stonklib.workbook import explore, findings, reward_lab
 
 
 # ----------------------------------------------------------------- toy data

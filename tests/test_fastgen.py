@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from stonklib.fastgen import FastSampler, UnsupportedModelError
-from stonklib.rollout import HFSampler, completion_mask
+from stonklib.sampling import FastSampler, UnsupportedModelError
+from stonklib.sampling.rollout import HFSampler, completion_mask
 
 EOS, PAD, VOCAB = 5, 0, 96
 TOK = types.SimpleNamespace(eos_token_id=EOS, pad_token_id=PAD)
@@ -186,7 +186,7 @@ def test_sampled_first_token_follows_temperature_and_top_p():
 @torch.no_grad()
 def test_sort_free_and_sorted_nucleus_draws_agree_with_the_exact_distribution(top_p):
     """The graph-safe rejection sampler (used on CUDA) and the sorted one (CPU) draw the same distribution."""
-    from stonklib.fastgen.sampler import _sample_top_p, _sample_top_p_sorted
+    from stonklib.sampling.fast import _sample_top_p, _sample_top_p_sorted
 
     g = torch.Generator().manual_seed(21)
     logits = (torch.randn(VOCAB, generator=g) * 2.0).expand(3000, -1).clone()
@@ -317,8 +317,8 @@ def grpo_batch(G: int = 3, seed: int = 20):
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_shared_prefix_logprobs_match_the_full_forward_and_its_gradients(kind):
-    from stonklib.fastgen.logprobs import prompt_groups, shared_prefix_logprobs
-    from stonklib.rollout import completion_logprobs
+    from stonklib.update.head import completion_logprobs
+    from stonklib.update.prefix import prompt_groups, shared_prefix_logprobs
 
     policy = lora(tiny_model(kind, seed=21, std=0.2))
     perturb_lora(policy, 22, scale=0.1)
@@ -339,8 +339,8 @@ def test_shared_prefix_logprobs_match_the_full_forward_and_its_gradients(kind):
 
 
 def test_shared_prefix_logprobs_with_gradient_checkpointing():
-    from stonklib.fastgen.logprobs import shared_prefix_logprobs
-    from stonklib.rollout import completion_logprobs
+    from stonklib.update.head import completion_logprobs
+    from stonklib.update.prefix import shared_prefix_logprobs
 
     policy = lora(tiny_model("qwen2", seed=23, std=0.2))
     perturb_lora(policy, 24, scale=0.1)

@@ -19,10 +19,10 @@ triton = pytest.importorskip("triton")
 
 @pytest.fixture
 def K():
-    """stonklib.fastgen.kernels under Triton's CPU interpreter (tests/conftest.py turns it on before Triton loads)."""
+    """stonklib.kernels under Triton's CPU interpreter (tests/conftest.py turns it on before Triton loads)."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton's interpreter is off (a CUDA machine): benchmarks/decode_kernels.py checks the kernels there")
-    import stonklib.fastgen.kernels as mod
+    import stonklib.kernels as mod
 
     return mod
 
@@ -64,7 +64,7 @@ def test_decode_attention_matches_torch(K, heads, kv_heads, length, slot, chunk,
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 @torch.no_grad()
 def test_decoder_kernel_path_matches_the_plain_path(K, kind):
-    from stonklib.fastgen import FastSampler
+    from stonklib.sampling import FastSampler
 
     model = tiny_model(kind, seed=5)
     ids, mask = left_padded()
@@ -110,7 +110,7 @@ def test_top_p_draw_is_keyed_by_its_seed(K):
 
 @torch.no_grad()
 def test_sampler_with_kernels_repeats_under_a_seed_and_advances_its_key(K):
-    from stonklib.fastgen import FastSampler
+    from stonklib.sampling import FastSampler
 
     ids, mask = left_padded()
     fs = FastSampler(tiny_model("qwen2", seed=5), TOK, max_batch=3, max_len=24, kernels=True)
@@ -148,7 +148,7 @@ def test_skinny_mlp_matches_the_plain_decoder_mlp(K, rows, gate_up, down):
 
 @torch.no_grad()
 def test_decoder_uses_the_mlp_kernel_only_when_asked(K):
-    from stonklib.fastgen import FastSampler
+    from stonklib.sampling import FastSampler
 
     model = tiny_model("llama", seed=8)
     ids, mask = left_padded()
@@ -167,7 +167,7 @@ def test_decoder_uses_the_mlp_kernel_only_when_asked(K):
     (3, 300, 1.3, torch.bfloat16),    # one partial block, bf16 logits (the GPU's case)
 ])
 def test_fused_token_logprobs_match_the_plain_chunk(n, V, temperature, dtype):
-    from stonklib.fastgen.kernels.logp import token_logprobs, token_logprobs_reference
+    from stonklib.kernels.logp import token_logprobs, token_logprobs_reference
 
     g = torch.Generator().manual_seed(V)
     logits = (torch.randn(n, V, generator=g) * 4).to(dtype)
@@ -189,7 +189,7 @@ def test_fused_token_logprobs_match_the_plain_chunk(n, V, temperature, dtype):
 
 
 def test_fused_token_logprobs_refuse_bad_shapes_and_dtypes():
-    from stonklib.fastgen.kernels.logp import token_logprobs
+    from stonklib.kernels.logp import token_logprobs
 
     with pytest.raises(ValueError, match=r"logits must be \[n, V\]"):
         token_logprobs(torch.zeros(2, 3, 4), torch.zeros(2, dtype=torch.long))
@@ -198,13 +198,12 @@ def test_fused_token_logprobs_refuse_bad_shapes_and_dtypes():
 
 
 @pytest.fixture
-def train_kernels(monkeypatch):
-    """stonklib.fastgen.kernels.train with its kernels on for CPU tensors (Triton's interpreter)."""
+def train_kernels():
+    """stonklib.kernels.train, whose kernels the tests call with ``fused=True`` on CPU (Triton's interpreter)."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton's interpreter is off (a CUDA machine)")
-    import stonklib.fastgen.kernels.train as mod
+    import stonklib.kernels.train as mod
 
-    monkeypatch.setattr(mod, "FORCE_ON_CPU", True)
     return mod
 
 
@@ -229,15 +228,15 @@ def test_fused_rms_norm_matches_hf_rmsnorm(train_kernels, dtype, tol):
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(2, 7, 96, generator=g) * 3).to(dtype)  # 96: a partial block
     w = (1 + torch.randn(96, generator=g) * 0.1).to(dtype)
-    _fused_vs_eager(lambda x, w: train_kernels.rms_norm(x, w, 1e-6),
+    _fused_vs_eager(lambda x, w: train_kernels.rms_norm(x, w, 1e-6, fused=True),
                     lambda x, w: train_kernels.rms_norm_reference(x, w, 1e-6), [x, w], dtype, tol)
-    assert train_kernels.rms_norm(x, w.clone().requires_grad_(), 1e-6).grad_fn.name() != "_RMSNormBackward"
+    assert train_kernels.rms_norm(x, w.clone().requires_grad_(), 1e-6, fused=True).grad_fn.name() != "_RMSNormBackward"
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, F32), (torch.bfloat16, BF16)])
 def test_fused_swiglu_matches_silu_gating(train_kernels, dtype, tol):
     gu = (torch.randn(1, 9, 2 * 1100, generator=torch.Generator().manual_seed(2)) * 2).to(dtype)  # 2 blocks per row
-    _fused_vs_eager(train_kernels.swiglu, train_kernels.swiglu_reference, [gu], dtype, tol)
+    _fused_vs_eager(lambda t: train_kernels.swiglu(t, fused=True), train_kernels.swiglu_reference, [gu], dtype, tol)
 
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, F32), (torch.bfloat16, BF16)])
@@ -252,12 +251,13 @@ def test_fused_rope_matches_rotate_half(train_kernels, dtype, tol):
     def on_view(fn):  # q|k as the strided view the update passes
         return lambda t, c, s: fn(t[:, : H + KV], c, s)
 
-    _fused_vs_eager(on_view(train_kernels.rope), on_view(train_kernels.rope_reference), [qkv, cos, sin], dtype, tol)
+    _fused_vs_eager(on_view(lambda x, c, s: train_kernels.rope(x, c, s, fused=True)), on_view(train_kernels.rope_reference),
+                    [qkv, cos, sin], dtype, tol)
 
 
 def test_dense_update_with_fused_kernels_matches_the_eager_layer(train_kernels):
     """The whole dense update (log-probs and LoRA gradients) with the training kernels on and off."""
-    from stonklib.fastgen.update import DenseLogprobs
+    from stonklib.update.dense import DenseLogprobs
     from tests.test_fastgen import grpo_batch, lora, perturb_lora
 
     policy = lora(tiny_model("qwen2", seed=51, std=0.2))
@@ -265,10 +265,10 @@ def test_dense_update_with_fused_kernels_matches_the_eager_layer(train_kernels):
     policy.eval()
     ids, attn, cmask = grpo_batch()
     params = [p for p in policy.parameters() if p.requires_grad]
-    dense = DenseLogprobs(policy)
     res = {}
     for on in (True, False):
-        train_kernels.FORCE_ON_CPU = on
+        dense = DenseLogprobs(policy, kernels=on)
+        assert dense.blocks.fused is on
         lp = dense(policy, ids, attn, cmask.shape[1], 0.7)
         res[on] = (lp.detach(), torch.autograd.grad((lp * cmask).sum(), params))
     keep = cmask.bool()
@@ -280,7 +280,7 @@ def test_dense_update_with_fused_kernels_matches_the_eager_layer(train_kernels):
 
 # --------------------------------------------------------------------------- seeded dropout
 def test_seeded_dropout_draws_bernoulli_masks_from_its_seed_and_salt(train_kernels):
-    from stonklib.fastgen.kernels.dropout import seeded_dropout
+    from stonklib.kernels.dropout import seeded_dropout
 
     x = torch.randn(3, 1000, generator=torch.Generator().manual_seed(4))
     seed = torch.tensor([123456789], dtype=torch.int64)
@@ -305,7 +305,7 @@ def test_seeded_dropout_draws_bernoulli_masks_from_its_seed_and_salt(train_kerne
 
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, F32), (torch.bfloat16, BF16)])
 def test_seeded_dropout_backward_regenerates_the_forward_masks(train_kernels, dtype, tol):
-    from stonklib.fastgen.kernels.dropout import seeded_dropout
+    from stonklib.kernels.dropout import seeded_dropout
 
     g = torch.Generator().manual_seed(8)
     x = torch.randn(5, 300, generator=g).to(dtype).requires_grad_()
@@ -320,7 +320,7 @@ def test_seeded_dropout_backward_regenerates_the_forward_masks(train_kernels, dt
 
 
 def test_seeded_dropout_rejects_bad_arguments(train_kernels):
-    from stonklib.fastgen.kernels.dropout import seeded_dropout
+    from stonklib.kernels.dropout import seeded_dropout
 
     x, seed = torch.ones(4), torch.tensor([1], dtype=torch.int64)
     with pytest.raises(ValueError, match="0 <= p < 1"):

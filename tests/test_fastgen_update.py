@@ -1,4 +1,4 @@
-"""The dense update path (stonklib.fastgen.update) computes what the model's own modules compute.
+"""The dense update path (stonklib.update.dense) computes what the model's own modules compute.
 
 Compared against :func:`shared_prefix_logprobs` over the PEFT modules (itself tested against the
 full forward in test_fastgen.py): log-probs and LoRA gradients, adapter on and off, float32 and
@@ -12,23 +12,23 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from stonklib.fastgen import FastSampler, UnsupportedModelError
-from stonklib.fastgen.logprobs import pick_logprobs, shared_prefix_logprobs
-from stonklib.fastgen.update import DenseBlocks, DenseLogprobs
-from stonklib.fastgen.weights import FusedLinear
-from stonklib.rollout import completion_logprobs
+from benchmarks.bench_common import dense_extra_bytes
+from stonklib.sampling import FastSampler, UnsupportedModelError
+from stonklib.sampling.weights import FusedLinear
+from stonklib.update.dense import DenseBlocks, DenseLogprobs
+from stonklib.update.head import completion_logprobs
+from stonklib.update.pick import pick_logprobs
+from stonklib.update.prefix import shared_prefix_logprobs
 from tests.test_fastgen import TOK, _dequantised, grpo_batch, lora, perturb_lora, tiny_model
 
 
-def _seeded_dropout_on_cpu(monkeypatch) -> None:
-    """DenseBlocks built after this draw seeded dropout on CPU (the fused kernels under Triton's interpreter)."""
+def _interpreted_kernels() -> bool:
+    """``kernels=True`` for DenseBlocks on CPU: the fused kernels (and seeded dropout) under Triton's interpreter."""
     import os
 
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("Triton's interpreter is off (a CUDA machine)")
-    import stonklib.fastgen.kernels.train as train_kernels
-
-    monkeypatch.setattr(train_kernels, "FORCE_ON_CPU", True)
+    return True
 
 
 def _lora_params(policy) -> list[torch.Tensor]:
@@ -77,7 +77,7 @@ def test_unquantised_weights_are_referenced_not_copied():
     want = sum(p.numel() * 4 for layer in layers for m in ("q_proj", "k_proj", "v_proj")
                for p in getattr(layer.self_attn, m).base_layer.parameters())
     want += sum(4 * (layer.mlp.gate_proj.weight.numel() + layer.mlp.up_proj.weight.numel()) for layer in layers)
-    assert blocks.extra_bytes() == want
+    assert dense_extra_bytes(blocks, policy) == want
 
 
 def test_fast_sampler_lends_its_adapter_free_weights():
@@ -89,7 +89,7 @@ def test_fast_sampler_lends_its_adapter_free_weights():
         assert lp.qkv.weight.data_ptr() != sw.qkv.weight.data_ptr()  # adapted: its own unmerged base
     att = policy.base_model.model.model.layers[0].self_attn
     # Its own: the stacked q|k|v base (o's dense weight is the model's own tensor, borrowed).
-    assert blocks.extra_bytes() == 2 * 4 * sum(p.numel() for m in ("q_proj", "k_proj", "v_proj")
+    assert dense_extra_bytes(blocks, policy, fs.weights) == 2 * 4 * sum(p.numel() for m in ("q_proj", "k_proj", "v_proj")
                                                for p in getattr(att, m).base_layer.parameters())
 
 
@@ -147,8 +147,7 @@ def test_dropout_masks_are_replayed_by_gradient_checkpointing(reentrant, seeded,
 
     from stonklib.models import enable_checkpointing
 
-    if seeded:
-        _seeded_dropout_on_cpu(monkeypatch)
+    kernels = _interpreted_kernels() if seeded else False
 
     policy = get_peft_model(tiny_model("qwen2", seed=38, std=0.2), LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.3, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -156,7 +155,7 @@ def test_dropout_masks_are_replayed_by_gradient_checkpointing(reentrant, seeded,
     perturb_lora(policy, 39, scale=0.1)
     policy.train()
     ids, attn, cmask = grpo_batch(G=2, seed=40)
-    dense = DenseLogprobs(policy)
+    dense = DenseLogprobs(policy, kernels=kernels)
     assert dense.blocks.rng_free == seeded
     torch.manual_seed(0)
     plain_lp, plain = _logp_and_grads(dense, policy, ids, attn, cmask)
@@ -233,7 +232,7 @@ def _adapters(m: int, rank: int, width: int, seed: int, p: float) -> tuple:
 
 @pytest.mark.parametrize("m", [1, 3])
 def test_stacked_lora_matches_module_by_module(m):
-    from stonklib.fastgen.update import _stacked_lora_delta, _with_lora
+    from stonklib.update.dense import _stacked_lora_delta, _with_lora
 
     lora_args = _adapters(m, rank=3, width=6, seed=m, p=0.0)
     rows = tuple(b.shape[0] for ((_, b, _, _),) in lora_args)
@@ -248,7 +247,7 @@ def test_stacked_lora_matches_module_by_module(m):
 
 
 def test_stacked_lora_dropout_draws_one_mask_per_module():
-    from stonklib.fastgen.update import _stacked_lora_delta
+    from stonklib.update.dense import _stacked_lora_delta
 
     width = 64
     eye = torch.eye(width)
@@ -320,8 +319,8 @@ def test_reference_graphs_capture_on_the_second_sight_of_a_shape_and_follow_new_
     """GraphedStream's bookkeeping, on CPU with a stand-in for the CUDA graph (a replay that recomputes
     into the captured output): first sight of a shape runs eagerly, the second captures, later calls
     copy their inputs into the captured buffers; at most max_graphs shapes are kept."""
-    from stonklib.fastgen.logprobs import StreamGeometry, stream_logprobs
-    from stonklib.fastgen.refgraph import GraphedStream
+    from stonklib.update.prefix import StreamGeometry, stream_logprobs
+    from stonklib.update.refgraph import GraphedStream
 
     class FakeGraph:
         def __init__(self, fn, out):
@@ -354,7 +353,7 @@ def test_reference_graphs_capture_on_the_second_sight_of_a_shape_and_follow_new_
 
 
 class _FakeGraph:
-    """A CPU stand-in for the CUDA graph of :class:`~stonklib.fastgen.updategraph.GraphedUpdate`: a replay reruns
+    """A CPU stand-in for the CUDA graph of :class:`~stonklib.update.graphs.GraphedUpdate`: a replay reruns
     the captured work and writes its loss, stats and gradients into the captured tensors."""
 
     def __init__(self, run, out, grads, params):
@@ -384,11 +383,11 @@ def test_graphed_update_equals_the_eager_update_with_the_same_seed(monkeypatch):
     dropout seed, and gives the loss, stats and gradients of the eager passes drawn with that seed."""
     from peft import LoraConfig, get_peft_model
 
-    from stonklib.fastgen.updategraph import GraphedUpdate
-    from stonklib.grpo import grpo_loss
+    from stonklib.grpo.loss import grpo_loss
     from stonklib.models import adapters_off, enable_checkpointing
+    from stonklib.update.graphs import GraphedUpdate
 
-    _seeded_dropout_on_cpu(monkeypatch)
+    kernels = _interpreted_kernels()
     monkeypatch.setattr(GraphedUpdate, "_record", staticmethod(fake_update_record))
     policy = get_peft_model(tiny_model("qwen2", seed=71, std=0.2), LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.3, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -397,7 +396,7 @@ def test_graphed_update_equals_the_eager_update_with_the_same_seed(monkeypatch):
     enable_checkpointing(policy)
     policy.train()
     ids, attn, cmask = grpo_batch(G=2, seed=73)
-    C, params, dense = cmask.shape[1], _lora_params(policy), DenseLogprobs(policy)
+    C, params, dense = cmask.shape[1], _lora_params(policy), DenseLogprobs(policy, kernels=kernels)
     assert not GraphedUpdate.usable(dense, torch.device("cpu"), micro_batches=1, distributed=False)  # CUDA only
     update = GraphedUpdate(dense, params)
     assert dense.ref_graphs is False  # the reference pass runs inside the update's graph
@@ -440,10 +439,10 @@ def test_graphed_update_equals_the_eager_update_with_the_same_seed(monkeypatch):
 
 
 def test_graphed_update_needs_seeded_dropout():
-    from stonklib.fastgen.updategraph import GraphedUpdate
+    from stonklib.update.graphs import GraphedUpdate
 
     policy = lora(tiny_model("qwen2", seed=75))
-    dense = DenseLogprobs(policy)  # on CPU without the interpreter switch: torch's generator
+    dense = DenseLogprobs(policy)  # on CPU the kernels are off by default: torch's generator
     with pytest.raises(ValueError, match="seeded LoRA dropout"):
         GraphedUpdate(dense, _lora_params(policy))
 
@@ -452,17 +451,17 @@ def test_graphed_update_pads_shorter_batches_and_grows_for_longer_ones(monkeypat
     """A graph captured for prompt length P and completion length C replays shorter batches padded up to them
     (the loss, stats and gradients of the unpadded eager passes; dropout off, as padding moves the seeded masks),
     and a longer batch runs eagerly until the second one, which triggers a capture covering both."""
-    from stonklib.fastgen.updategraph import GraphedUpdate
-    from stonklib.grpo import grpo_loss
+    from stonklib.grpo.loss import grpo_loss
     from stonklib.models import adapters_off, enable_checkpointing
+    from stonklib.update.graphs import GraphedUpdate
 
-    _seeded_dropout_on_cpu(monkeypatch)
+    kernels = _interpreted_kernels()
     monkeypatch.setattr(GraphedUpdate, "_record", staticmethod(fake_update_record))
     policy = lora(tiny_model("qwen2", seed=81, std=0.2))
     perturb_lora(policy, 82, scale=0.1)
     enable_checkpointing(policy)
     policy.train()
-    params, dense = _lora_params(policy), DenseLogprobs(policy)
+    params, dense = _lora_params(policy), DenseLogprobs(policy, kernels=kernels)
     update = GraphedUpdate(dense, params)
     ids, attn, cmask = grpo_batch(G=2, seed=83)  # prompts of 7, completions of 5 (one ends early)
     adv = torch.randn(ids.shape[0], generator=torch.Generator().manual_seed(84))

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from stonklib.grpo import group_advantages, grpo_loss, logprobs_from_hidden, selective_log_softmax
+from stonklib.grpo.loss import group_advantages, grpo_loss
+from stonklib.update.head import logprobs_from_hidden, selective_log_softmax
 
 D = torch.float64
 LN2 = math.log(2.0)

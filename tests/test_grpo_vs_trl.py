@@ -36,7 +36,8 @@ from trl.trainer.grpo_trainer import GRPOTrainer  # noqa: E402
 from trl.trainer.utils import nanstd  # noqa: E402
 from trl.trainer.utils import selective_log_softmax as trl_selective_log_softmax  # noqa: E402
 
-from stonklib.grpo import group_advantages, grpo_loss, selective_log_softmax  # noqa: E402
+from stonklib.grpo.loss import group_advantages, grpo_loss  # noqa: E402
+from stonklib.update.head import selective_log_softmax  # noqa: E402
 
 B, P, T = 4, 3, 6  # completions, prompt tokens, completion tokens
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from stonklib.market import FILENAME, MarketStats
+from stonklib.grpo.market import FILENAME, MarketStats
 
 # (actual, predicted, expected counts: actual_up, actual_down, pred_up, pred_down, pred_unknown,
 #  correct_up, correct_down)
@@ -157,7 +157,7 @@ def test_failed_save_keeps_old_file(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("stonklib.market.os.replace", boom)
+    monkeypatch.setattr("stonklib.grpo.market.os.replace", boom)
     with pytest.raises(OSError, match="disk full"):
         b.save(tmp_path)
     assert MarketStats.load(tmp_path) == a

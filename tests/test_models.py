@@ -95,7 +95,7 @@ def test_fetch_then_plain_from_pretrained_generates(tmp_path):
 
 
 def test_the_cuda_allocator_defaults_to_expandable_segments_unless_the_user_chose(monkeypatch):
-    from stonklib.models import CUDA_ALLOC_CONF, prefer_expandable_segments
+    from stonklib.environment import CUDA_ALLOC_CONF, prefer_expandable_segments
 
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     assert prefer_expandable_segments() == CUDA_ALLOC_CONF == os.environ["PYTORCH_CUDA_ALLOC_CONF"]

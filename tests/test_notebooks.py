@@ -25,8 +25,8 @@ import papermill as pm
 import pytest
 
 from stonklib import paths
-from stonklib.findings import MARKER
-from stonklib.report import NOTEBOOKS
+from stonklib.workbook.findings import MARKER
+from stonklib.workbook.report import NOTEBOOKS
 
 IDS = [nb.stem for nb in NOTEBOOKS]
 
@@ -93,7 +93,7 @@ def test_story_structure(notebook):
     assert "**Purpose.**" in first.source and "## What to look at" in first.source
     assert nb.cls.__name__ in first.source, f"{nb.stem}: say which config dataclass the parameters come from"
     last = code_cells(node)[-1].source
-    assert "Markdown(findings." in last, f"{nb.stem}: end with a findings cell built by stonklib.findings"
+    assert "Markdown(findings." in last, f"{nb.stem}: end with a findings cell built by stonklib.workbook.findings"
 
 
 def test_stonklib_names_used_by_notebooks_exist(notebook):

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from stonklib import plots
 from stonklib.evaluate.breakdowns import up_rates_over_time
 from stonklib.evaluate.metrics import compute_metrics, daily_returns, reliability_table
+from stonklib.workbook import plots
 
 DF = pd.DataFrame({
     "ticker": list("ABABAB"), "date": ["2024-01-02"] * 2 + ["2024-02-05"] * 2 + ["2024-03-04"] * 2,

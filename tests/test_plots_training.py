@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from stonklib import plots
+from stonklib.workbook import plots
 
 RNG = np.random.default_rng(0)
 METRICS = pd.DataFrame({

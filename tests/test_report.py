@@ -1,4 +1,4 @@
-"""stonklib.report: notebook selection, YAML -> parameters, validation, the index; a real papermill run of
+"""stonklib.workbook.report: notebook selection, YAML -> parameters, validation, the index; a real papermill run of
 two toy notebooks (one passing, one failing) so the mechanics are tested without the model."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from stonklib import paths, report
+from stonklib import paths
 from stonklib.config import ConfigError
+from stonklib.workbook import report
 
 SMOKE = paths.CONFIGS / "smoke.yaml"
 

@@ -21,12 +21,12 @@ import torch
 
 from stonklib.config import REWARD_PARTS, DataConfig, TrainConfig
 from stonklib.data import build_dataset
-from stonklib.launch import run_training
+from stonklib.grpo.launch import run_training
+from stonklib.grpo.runlog import read_jsonl
+from stonklib.grpo.trainer import GRPOTrainer
 from stonklib.models import load_policy
 from stonklib.rewards import RewardBreakdown, parse_prediction
-from stonklib.rollout import encode_prompts
-from stonklib.runlog import read_jsonl
-from stonklib.trainer import GRPOTrainer
+from stonklib.sampling.rollout import encode_prompts
 
 
 @pytest.fixture(scope="module")
@@ -239,17 +239,17 @@ def test_the_graphed_update_takes_the_same_steps_as_the_eager_one(tiny_model_dir
     Triton's interpreter: step 1 is eager (first sight), step 2 captures, step 3 replays. Same completions,
     same seeds: every step's loss and stats, and the LoRA parameters after three AdamW steps, agree within 1e-6.
     """
-    from stonklib.fastgen import FastSampler
-    from stonklib.fastgen.updategraph import GraphedUpdate
-    from tests.test_fastgen_update import _seeded_dropout_on_cpu, fake_update_record
+    from stonklib.sampling import FastSampler
+    from stonklib.update.graphs import GraphedUpdate
+    from tests.test_fastgen_update import _interpreted_kernels, fake_update_record
 
-    _seeded_dropout_on_cpu(monkeypatch)
+    _interpreted_kernels()  # the GPU's seeded dropout through Triton's interpreter: triton_kernels="on"
     monkeypatch.setattr(GraphedUpdate, "_record", staticmethod(fake_update_record))
 
     def run(graphs: bool, sampler_for):
         monkeypatch.setattr(GraphedUpdate, "usable", staticmethod(lambda *a, **k: graphs))
         cfg = _cfg(tiny_model_dir, tmp_path / str(graphs), kl_coef=0.05, lora_dropout=0.2, temperature=0.7,
-                   gradient_checkpointing=True, max_new_tokens=6)
+                   gradient_checkpointing=True, max_new_tokens=6, triton_kernels="on")
         torch.manual_seed(0)
         policy, tok = load_policy(cfg, torch.device("cpu"))
         trainer = GRPOTrainer(cfg, policy, tok, [make_example()], [], sampler=sampler_for(policy, tok),
@@ -304,7 +304,7 @@ def test_fast_path_matches_the_reference_path_after_three_steps(tiny_model_dir, 
     each step's loss and KL within 1e-5. LoRA dropout is 0 here: the shared-prefix pass draws one
     dropout mask per prompt token for the whole group (documented), the full forward one per row.
     """
-    from stonklib.fastgen import FastSampler
+    from stonklib.sampling import FastSampler
 
     def run(fast: bool, sampler_for):
         cfg = _cfg(tiny_model_dir, tmp_path / ("fast" if fast else "ref"), kl_coef=0.05, lora_dropout=0.0,

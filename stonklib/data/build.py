@@ -35,11 +35,28 @@ import pyarrow.parquet as pq
 
 from stonklib import paths
 from stonklib.data.features import build_examples
+from stonklib.data.hf import load_hf
 from stonklib.data.records import Example
-from stonklib.data.sources import DataError, load_source
+from stonklib.data.sources import DataError, SourceData, load_sp500, read_ohlcv_csv
 from stonklib.data.splits import check_no_leakage, dates_of, sample_dates_spread, split_dates, take
 
 SPLITS = ("train", "val", "test")
+
+
+def load_source(cfg, progress: bool = False) -> SourceData:
+    """Dispatch on ``cfg.source`` (a :class:`stonklib.config.DataConfig`) and apply ``cfg.tickers``."""
+    if cfg.source == "sp500":
+        data = load_sp500()
+    elif cfg.source == "csv":
+        data = read_ohlcv_csv(cfg.csv, ticker=cfg.ticker, exchange_tz=cfg.exchange_tz)
+    else:
+        data = load_hf(cfg.hf_path, exchange_tz=cfg.exchange_tz, progress=progress)
+    if cfg.tickers:
+        wanted = {t.strip().upper() for t in cfg.tickers}
+        data.prices = data.prices[data.prices["ticker"].isin(wanted)].reset_index(drop=True)
+        if data.prices.empty:
+            raise DataError(f"none of tickers={sorted(wanted)} are in the {cfg.source} data; check the spelling.")
+    return data
 
 
 def build_dataset(cfg, progress: bool = True) -> dict[str, Any]:

@@ -306,21 +306,3 @@ def load_sp500() -> SourceData:
         p[col] = p["ticker"].map(meta[col]).fillna("").astype("string")
     data.paths.append(str(xml_path))
     return data
-
-
-def load_source(cfg, progress: bool = False) -> SourceData:
-    """Dispatch on ``cfg.source`` (a :class:`stonklib.config.DataConfig`) and apply ``cfg.tickers``."""
-    if cfg.source == "sp500":
-        data = load_sp500()
-    elif cfg.source == "csv":
-        data = read_ohlcv_csv(cfg.csv, ticker=cfg.ticker, exchange_tz=cfg.exchange_tz)
-    else:
-        from stonklib.data.hf import load_hf  # hf imports this module
-
-        data = load_hf(cfg.hf_path, exchange_tz=cfg.exchange_tz, progress=progress)
-    if cfg.tickers:
-        wanted = {t.strip().upper() for t in cfg.tickers}
-        data.prices = data.prices[data.prices["ticker"].isin(wanted)].reset_index(drop=True)
-        if data.prices.empty:
-            raise DataError(f"none of tickers={sorted(wanted)} are in the {cfg.source} data; check the spelling.")
-    return data

@@ -1,7 +1,7 @@
 """Generate ``predictions.jsonl`` for a split with a model (base, Stage I or Stage II adapter).
 
 Prompts are rendered with :func:`stonklib.prompts.fit_prompt` (``prompt_version``,
-``max_prompt_tokens``), completions come from :func:`stonklib.rollout.generate_texts`
+``max_prompt_tokens``), completions come from :func:`stonklib.sampling.rollout.generate_texts`
 (greedy by default) and are parsed by the reward's parser, so the evaluation
 and the reward read answers the same way.
 
@@ -106,7 +106,7 @@ def _generate_into(cfg: EvalConfig, examples: list[Example], partial: Path, star
 
     from stonklib.models import load_for_inference
     from stonklib.prompts import fit_prompt
-    from stonklib.rollout import generate_texts
+    from stonklib.sampling.rollout import generate_texts
 
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_for_inference(cfg.model, cfg.adapter, quantize=cfg.quantize, device=cfg.device)

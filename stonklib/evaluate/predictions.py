@@ -204,12 +204,3 @@ def frame_from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
         df["sector"] = ""
     df["sector"] = df["sector"].fillna("").astype(str)
     return df.sort_values(["date", "ticker"], kind="stable").reset_index(drop=True)
-
-
-def write_predictions(records: list[PredictionRecord], path: str | Path) -> Path:
-    """Write records as JSONL atomically (for small in-memory tables; generation streams)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text("".join(r.to_json() + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
-    return path

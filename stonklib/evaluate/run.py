@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stonklib import plots
 from stonklib.config import EvalConfig, dump_yaml, to_dict
 from stonklib.data import sample_dates_spread
+from stonklib.evaluate import figures
 from stonklib.evaluate.baselines import compute_baselines
 from stonklib.evaluate.breakdowns import compute_breakdowns, up_rates_over_time
 from stonklib.evaluate.generate import generate_predictions, load_eval_examples
@@ -117,15 +117,15 @@ def write_plots(df: pd.DataFrame, m: dict[str, Any], out: Path, cost_bps: float)
     strategy = daily_returns(df, cost_bps)
     market = daily_returns(df, 0.0, position=np.ones(len(df)))
     figs = {
-        "reliability.png": plots.plot_reliability(reliability_table(df), title=f"Reliability {model}"),
-        "confusion_matrix.png": plots.plot_confusion(m["confusion_matrix"]),
-        "accuracy_vs_baselines.png": plots.plot_accuracy_vs_baselines(m),
-        "equity_curve.png": plots.plot_equity_curve(
+        "reliability.png": figures.plot_reliability(reliability_table(df), title=f"Reliability {model}"),
+        "confusion_matrix.png": figures.plot_confusion(m["confusion_matrix"]),
+        "accuracy_vs_baselines.png": figures.plot_accuracy_vs_baselines(m),
+        "equity_curve.png": figures.plot_equity_curve(
             strategy, market, labels=(f"model ({cost_bps:g} bps/side)", "buy and hold (equal weight)")),
-        "up_rate_over_time.png": plots.plot_up_rates(up_rates_over_time(df)),
+        "up_rate_over_time.png": figures.plot_up_rates(up_rates_over_time(df)),
     }
     for name, fig in figs.items():
-        plots.save(fig, out / name)
+        figures.save(fig, out / name)
     return list(figs)
 
 

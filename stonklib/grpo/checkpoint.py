@@ -1,0 +1,141 @@
+"""Checkpoints that survive a crash: written to a temporary folder, then renamed.
+
+A checkpoint folder ``checkpoint-{step}/`` holds:
+
+- the PEFT adapter (``adapter_model.safetensors`` + ``adapter_config.json``) and the tokenizer;
+- ``optimizer.pt``, ``scheduler.pt`` and ``rng.pt``, written with ``torch.save`` and read
+  back with ``torch.load(weights_only=True)`` (no pickle code execution);
+- ``trainer_state.json``: step, epoch, data position, best validation reward, market
+  statistics and the byte sizes of the JSONL logs at this step.
+
+A folder counts as complete only once it has been renamed from ``*.tmp``; a crash
+mid-write leaves a ``.tmp`` folder that :func:`latest_checkpoint` ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from stonklib.config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    from stonklib.grpo.distributed import Dist
+
+STATE = "trainer_state.json"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states as tensors / plain lists, so ``weights_only`` loading accepts them."""
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: Path, *, model, tokenizer, optimizer, scheduler, state: dict[str, Any]) -> Path:
+    """Write ``folder`` atomically and return it."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    (tmp / STATE).write_text(json.dumps(state, indent=2))
+    _fsync_dir(tmp)
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _fsync_dir(d: Path) -> None:
+    for p in d.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete ``checkpoint-*`` folders, oldest first."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if (m := _CKPT.match(p.name)) and (p / STATE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(output_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def load_training_state(folder: Path, optimizer, scheduler) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG from ``folder``; return trainer_state.json."""
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(folder / "rng.pt", weights_only=True))
+    return json.loads((folder / STATE).read_text())
+
+
+def load_adapter_weights(model, folder: Path) -> None:
+    """Load a checkpoint's adapter weights into an already-wrapped PEFT model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(folder) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"{folder}: adapter keys do not match the model: {result.unexpected_keys[:5]}")
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int | None) -> None:
+    if not keep:
+        return
+    for p in list_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def check_global_batch(state: dict[str, Any], cfg: TrainConfig, d: Dist, ckpt: Path) -> None:
+    """Resume only with the checkpoint's prompts per step (``batch_size × world``), whatever N is.
+
+    The data position is a step count over a seeded order of global batches, so the same global
+    batch picks up exactly where it stopped; another one would replay or skip prompts.
+    """
+    saved_world = int(state.get("world_size", 1))
+    saved = int(state.get("global_batch", cfg.batch_size * saved_world))
+    now = cfg.batch_size * d.world
+    if saved != now:
+        hint = f"--batch_size {saved // d.world} with {d.world} processes, or " if saved % d.world == 0 else ""
+        raise ConfigError(
+            f"{ckpt} was trained with {saved} prompts per step (batch_size {saved // saved_world} x {saved_world} "
+            f"processes); this launch has {now} (batch_size {cfg.batch_size} x {d.world}). The data position counts "
+            f"steps of the global batch, so resume with the same global batch: {hint}"
+            f"--batch_size {saved // saved_world} with {saved_world} processes.")

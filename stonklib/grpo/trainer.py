@@ -1,0 +1,410 @@
+"""The GRPO training loop for Stage I and Stage II (``stonk train``).
+
+One optimizer step, as in DeepSeekMath's GRPO (arXiv 2402.03300) with one
+optimisation epoch per batch (μ = 1):
+
+1. take ``batch_size`` prompts (natural market mix for Stage II, balanced for Stage I);
+2. sample ``num_generations`` = G completions for each, all B×G in one batched call;
+3. score every completion with the five-part reward (:func:`stonklib.rewards.score`);
+4. normalise rewards within each group of G (:func:`stonklib.grpo.group_advantages`);
+5. compute the policy's log-probs (with grad) and the reference's (the same model
+   with the LoRA adapter disabled, no copy); with μ = 1 the "old" log-probs equal the
+   current ones detached, so the ratio is 1 in value but carries the gradient. For
+   Llama/Qwen2 models each group's prompt goes through the network once
+   (:func:`stonklib.update.prefix.shared_prefix_logprobs`, ``shared_prefix_logprobs``), by
+   default over dense base weights with the LoRA applied unmerged
+   (:class:`stonklib.update.dense.DenseLogprobs`, ``dense_update``; its LoRA matmuls in the
+   weights' dtype, ``lora_matmul_dtype``); other architectures use
+   the full forward (:func:`stonklib.sampling.rollout.completion_logprobs`);
+6. :func:`stonklib.grpo.grpo_loss` (clipped surrogate + β·k3 KL), backward with
+   gradient accumulation, clip the norm, AdamW, LR schedule. On one CUDA device with one
+   micro-batch, steps 5-6 up to the backward pass replay a CUDA graph, captured for the longest
+   batch seen and replayed for shorter ones padded up to it
+   (:class:`stonklib.update.graphs.GraphedUpdate`).
+
+Non-finite losses or gradients skip the update and are counted. Every step's
+completions go to the JSONL, flushed; checkpoints are atomic; ``--resume``
+continues at the same step, data position and RNG state.
+
+Under ``accelerate launch``/``torchrun`` (N ranks) each rank takes a disjoint slice of
+``batch_size`` prompts from each step's global batch of ``batch_size × N`` and samples its G
+completions per prompt with its own seed, so groups never straddle ranks. DDP all-reduces
+(averages) the LoRA gradients; rewards, market counts, loss and its stats are reduced over ranks
+before logging; rank 0 writes the logs, TensorBoard and checkpoints; every checkpoint records
+a fingerprint of each rank's adapter, and saving stops if they differ. Resume needs the same
+global batch (data position is counted in global-batch steps), not the same N.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from stonklib import config as cfglib
+from stonklib.data.records import Example
+from stonklib.grpo import distributed as D
+from stonklib.grpo.checkpoint import (
+    check_global_batch,
+    latest_checkpoint,
+    load_adapter_weights,
+    load_training_state,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from stonklib.grpo.loss import group_advantages, grpo_loss
+from stonklib.grpo.market import MarketStats
+from stonklib.grpo.runlog import RunLog
+from stonklib.models import adapters_off
+from stonklib.prompts import fit_prompt
+from stonklib.rewards import score
+from stonklib.sampling.rollout import HFSampler, Rollout, encode_prompts, rollout
+from stonklib.update.graphs import GraphedUpdate
+from stonklib.update.pick import pick_logprobs
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step produced (this rank's share)."""
+
+    rollout: Rollout
+    rewards: torch.Tensor  # [N] totals
+    components: dict[str, torch.Tensor]  # part -> [N]
+    advantages: torch.Tensor  # [N]
+    predictions: list[str]  # parsed day-1 direction per completion
+    examples: list[Example]  # the B prompts' examples
+    market: MarketStats  # this step's counts (this rank only)
+    loss: float
+    stats: dict[str, float]
+    skipped: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _PolicyLogprobs(torch.nn.Module):
+    """Wraps the policy so DDP sees a forward call: returns completion log-probs."""
+
+    def __init__(self, policy, fn: Callable[..., torch.Tensor]):
+        super().__init__()
+        self.policy, self.fn = policy, fn
+
+    def forward(self, input_ids, attention_mask, n_completion: int, temperature: float):
+        return self.fn(self.policy, input_ids, attention_mask, n_completion, temperature)
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: cfglib.TrainConfig, policy, tokenizer, train: list[Example], val: list[Example],
+                 dist: D.Dist | None = None, runlog: RunLog | None = None, sampler=None, reward_fn=None):
+        self.cfg, self.policy, self.tok, self.train_set, self.val_set = cfg, policy, tokenizer, train, val
+        self.dist = dist = dist or D.Dist()
+        self.device = next(p for p in policy.parameters()).device
+        self.log = runlog or RunLog(cfg.output_dir, cfg.stage, is_main=dist.is_main, tensorboard=cfg.tensorboard)
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = max(1, math.ceil(len(train) / (cfg.batch_size * dist.world)))
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.scheduler = _make_scheduler(cfg, self.optimizer, self.total_steps)
+        self.sampler = sampler or HFSampler(policy, tokenizer)
+        self.logprobs = pick_logprobs(policy, shared_prefix=cfg.shared_prefix_logprobs, dense=cfg.dense_update,
+                                      sampler_weights=getattr(self.sampler, "weights", None),
+                                      lora_matmul_dtype=cfg.lora_matmul_dtype,
+                                      kernels=cfglib.kernels_arg(cfg), ref_graphs=cfg.update_graphs)
+        self.forward = _PolicyLogprobs(policy, self.logprobs)
+        self.loss = partial(grpo_loss, beta=cfg.kl_coef, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                            loss_type=cfg.loss_type, max_completion_length=cfg.max_new_tokens,
+                            kl_bias_correction=cfg.kl_bias_correction, stats_as_tensors=True)
+        self.graphed = None  # the update's passes and backward from CUDA graphs, where they apply
+        if GraphedUpdate.usable(self.logprobs, self.device, micro_batches=cfg.grad_accum_steps, distributed=dist.enabled,
+                                graphs=cfg.update_graphs):
+            self.graphed = GraphedUpdate(self.logprobs, self.params)
+            self._graph_loss = lambda logp, ref, adv, cmask: self.loss(logp, logp.detach(), ref, adv, cmask)
+        if dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Every LoRA weight is used in every forward (no find_unused_parameters), which also
+            # makes non-reentrant gradient checkpointing safe. The only buffers (rotary tables)
+            # are constant, so they are not re-broadcast at every forward.
+            self.forward = torch.nn.parallel.DistributedDataParallel(self.forward, device_ids=ids,
+                                                                     broadcast_buffers=False)
+        self.reward_fn = reward_fn or self._five_part_reward
+        self.market = MarketStats()
+        self.step_num, self.best_val, self.skipped_updates = 0, -math.inf, 0
+
+    # ------------------------------------------------------------------ data
+    def batch_examples(self, step: int) -> list[Example]:
+        """This rank's prompts for ``step``: a slice of a per-epoch seeded permutation."""
+        n, per_step = len(self.train_set), self.cfg.batch_size * self.dist.world
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed + epoch)).tolist()
+        idx = [order[(pos * per_step + k) % n] for k in range(per_step)]
+        mine = idx[self.dist.rank * self.cfg.batch_size:(self.dist.rank + 1) * self.cfg.batch_size]
+        return [self.train_set[i] for i in mine]
+
+    def encode(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = [fit_prompt(ex, self.tok, self.cfg.max_prompt_tokens, self.cfg.prompt_version).text for ex in examples]
+        return encode_prompts(self.tok, texts, self.device)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, examples: list[Example]) -> StepResult:
+        return self.step(*self.encode(examples), examples)
+
+    def step(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[Example]) -> StepResult:
+        cfg, G, t = self.cfg, self.cfg.num_generations, {}
+        t0 = time.perf_counter()
+        roll = rollout(self.sampler, self.tok, prompt_ids, prompt_mask, G, max_new_tokens=cfg.max_new_tokens,
+                       temperature=cfg.temperature, top_p=cfg.top_p)
+        t["sample_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        group_examples = [ex for ex in examples for _ in range(G)]
+        scored = [self.reward_fn(c, ex) for c, ex in zip(roll.texts, group_examples, strict=True)]
+        rewards = torch.tensor([s.total for s in scored], dtype=torch.float32)
+        components = {k: torch.tensor([s.components[k] for s in scored]) for k in cfglib.REWARD_PARTS}
+        advantages = group_advantages(rewards, G, scale=cfg.scale_rewards)
+        t["score_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        loss, stats, skipped = self._update(roll, advantages.to(self.device))
+        t["update_s"] = time.perf_counter() - t0
+        self.sampler.refresh(self.policy)
+
+        predictions = [s.prediction.direction for s in scored]
+        delta = MarketStats()
+        delta.update([ex.direction_1 for ex in group_examples], predictions)
+        return StepResult(roll, rewards, components, advantages, predictions, list(examples), delta,
+                          loss, stats, skipped, t)
+
+    def _five_part_reward(self, completion: str, example: Example):
+        class_freq = self.market.class_freq() if self.cfg.bias_adaptation else None
+        return score(completion, example, self.cfg.reward_weights, multi_horizon=self.cfg.multi_horizon,
+                     class_freq=class_freq)
+
+    def _update(self, roll: Rollout, advantages: torch.Tensor) -> tuple[float, dict[str, float], bool]:
+        """Reference and policy log-probs, loss, backward (from a CUDA graph where one applies), clip, AdamW."""
+        cfg = self.cfg
+        self.policy.train()
+        passes = self._graphed_passes(roll, advantages) if self.graphed else None
+        loss, stats = passes or self._eager_passes(roll, advantages)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)  # of the all-reduced grads
+        # One device sync for loss, stats and grad norm, after backward: a sync between forward and
+        # backward would stop the host queueing the backward while the GPU still runs the forward.
+        keys = ["loss", *stats, "grad_norm"]
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=grad_norm.device)
+                              for v in (loss, *stats.values(), grad_norm)]).tolist()
+        # Means over ranks, so every rank logs the same numbers and takes the same skip decision.
+        stats = D.mean_over_ranks(dict(zip(keys, values, strict=True)), self.dist)
+        total_loss = stats.pop("loss")
+        skipped = not (math.isfinite(total_loss) and math.isfinite(stats["grad_norm"]))
+        if skipped:
+            self.skipped_updates += 1
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, stats, skipped
+
+    def _graphed_passes(self, roll: Rollout, advantages: torch.Tensor):
+        """(loss, stats) from a replay of the update's CUDA graph, or None when this batch runs eagerly.
+
+        One micro-batch on one process (:meth:`GraphedUpdate.usable`); the graph's loss counts its own
+        mask for DAPO, the same number as the eager path's token count, without its host sync.
+        """
+        return self.graphed(self.policy, roll.input_ids, roll.attention_mask, roll.completion_ids.shape[1],
+                            self.cfg.temperature, (advantages, roll.completion_mask.float()), self._graph_loss,
+                            with_ref=self.cfg.kl_coef > 0)
+
+    def _eager_passes(self, roll: Rollout, advantages: torch.Tensor):
+        """(loss, stats) of the eager passes, backward run, over ``grad_accum_steps`` micro-batches of whole groups."""
+        cfg, n_mb = self.cfg, self.cfg.grad_accum_steps
+        rows = roll.completion_ids.shape[0] // n_mb  # whole groups per micro-batch (config guarantees it)
+        C = roll.completion_ids.shape[1]
+        input_ids, attention_mask = roll.input_ids, roll.attention_mask  # concatenated once, sliced per micro-batch
+        # DAPO normalises by the tokens of the whole step (all micro-batches, all ranks); DDP then
+        # averages the ranks' gradients, hence the factor world.
+        num_items = None
+        if cfg.loss_type == "dapo":
+            tokens = D.all_reduce_sum(roll.completion_mask.sum().double().cpu(), self.dist)
+            num_items = float(tokens) / (n_mb * self.dist.world)
+        total_loss, stats_acc = 0.0, {}
+        for m in range(n_mb):
+            sl = slice(m * rows, (m + 1) * rows)
+            ids, attn, cmask = input_ids[sl], attention_mask[sl], roll.completion_mask[sl]
+            ref_logp = None
+            if cfg.kl_coef > 0:
+                with torch.no_grad(), adapters_off(self.policy):
+                    ref_logp = self.logprobs(self.policy, ids, attn, C, cfg.temperature)
+            sync = m == n_mb - 1 or not self.dist.enabled
+            with self.forward.no_sync() if not sync else contextlib.nullcontext():
+                logp = self.forward(ids, attn, C, cfg.temperature)
+                loss, stats = self.loss(logp, logp.detach(), ref_logp, advantages[sl], cmask.float(), num_items=num_items)
+                (loss / n_mb).backward()
+            total_loss = total_loss + loss.detach().float() / n_mb
+            for k, v in stats.items():
+                stats_acc[k] = stats_acc.get(k, 0.0) + v / n_mb
+        return total_loss, stats_acc
+
+    # ------------------------------------------------------------------ loop
+    def train(self, progress: bool = True) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.resume:
+            self._resume()
+        self.log.info("sampling with %s; update log-probs with %s", type(self.sampler).__name__, self.logprobs.__name__)
+        if cfg.eval_at_start and self.step_num == 0:
+            self._evaluate_and_keep_best()
+        bar = tqdm(total=self.total_steps, initial=self.step_num, desc=f"GRPO stage {cfg.stage}",
+                   disable=not (progress and self.dist.is_main), unit="step")
+        while self.step_num < self.total_steps:
+            step = self.step_num
+            torch.manual_seed(D.step_seed(cfg.seed, step, self.dist))
+            t0 = time.perf_counter()
+            res = self.train_step(self.batch_examples(step))
+            self.step_num = step + 1
+            scalars = self._log_step(step, res, time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix(reward=f"{scalars['reward/total']:.2f}", kl=f"{scalars.get('kl', 0.0):.4f}")
+            epoch_end = self.step_num % self.steps_per_epoch == 0
+            if self.step_num % cfg.eval_steps == 0 or self.step_num == self.total_steps:
+                self._evaluate_and_keep_best()
+            if self.step_num % cfg.save_steps == 0 or epoch_end or self.step_num == self.total_steps:
+                self.save()
+        bar.close()
+        summary = {"steps": self.step_num, "best_val_reward": self.best_val, "skipped_updates": self.skipped_updates,
+                   "market": self.market.to_dict()}
+        self.log.info("done %s", summary)
+        return summary
+
+    def _log_step(self, step: int, res: StepResult, seconds: float) -> dict[str, float]:
+        """Aggregate over ranks, write the JSONL rows and the scalars (rank 0)."""
+        groups = res.rewards.view(-1, self.cfg.num_generations)
+        flat = (groups == groups[:, :1]).all(1).sum()  # groups with one reward for all G: no policy gradient
+        n = torch.tensor([len(res.rewards), res.rollout.n_completion_tokens, float(flat), groups.shape[0]],
+                         dtype=torch.float64)
+        sums = torch.stack([res.rewards.sum().double()] + [res.components[k].sum().double() for k in cfglib.REWARD_PARTS])
+        n, sums = D.all_reduce_sum(n, self.dist), D.all_reduce_sum(sums, self.dist)
+        self.market = self.market + _sync_market(res.market, self.dist)
+        scalars = {"reward/total": float(sums[0] / n[0])}
+        scalars |= {f"reward/{k}": float(sums[i + 1] / n[0]) for i, k in enumerate(cfglib.REWARD_PARTS)}
+        scalars["reward/zero_std_groups"] = float(n[2] / n[3])
+        scalars |= {k: v for k, v in res.stats.items()} | {"loss": res.loss, "lr": self.scheduler.get_last_lr()[0]}
+        scalars |= {"tokens_per_s": float(n[1]) / max(seconds, 1e-9), "step_s": seconds,
+                    "epoch": step / self.steps_per_epoch, "skipped_updates": self.skipped_updates}
+        scalars |= {f"market/{k}": v for k, v in self.market.to_dict().items() if isinstance(v, float)}
+        scalars |= {f"time/{k}": v for k, v in res.timings.items()}
+        rows = D.gather_to_main(self._completion_rows(step, res), self.dist)
+        if self.dist.is_main:
+            self.log.completions([r for rank_rows in rows for r in rank_rows])
+            if step % self.cfg.logging_steps == 0:
+                self.log.scalars(step + 1, scalars)
+            self.market.save(Path(self.cfg.output_dir) / "market_stats.json")
+        return scalars
+
+    def _completion_rows(self, step: int, res: StepResult) -> list[dict]:
+        G, rows, examples = self.cfg.num_generations, [], res.examples
+        for i, text in enumerate(res.rollout.texts):
+            ex = examples[i // G]
+            rows.append({
+                "step": step + 1, "epoch": step // self.steps_per_epoch, "rank": self.dist.rank,
+                "prompt_id": f"{ex.ticker}@{ex.date}", "ticker": ex.ticker, "date": ex.date, "completion": text,
+                "predicted_direction": res.predictions[i], "actual_change_pct": ex.change_pct_1,
+                "actual_direction": ex.direction_1, "rewards": {k: float(v[i]) for k, v in res.components.items()},
+                "reward_total": float(res.rewards[i]), "advantage": float(res.advantages[i]), "loss": res.loss,
+                "skipped": res.skipped,
+            })
+        return rows
+
+    # ------------------------------------------------------------------ eval / save / resume
+    @torch.no_grad()
+    def validation_reward(self) -> dict[str, float]:
+        """Greedy completions on the first ``max_eval_samples`` val examples (split over ranks)."""
+        exs = self.val_set[: self.cfg.max_eval_samples][self.dist.rank::self.dist.world]
+        tot, market = torch.zeros(3, dtype=torch.float64), MarketStats()  # n, reward, well-formatted
+        for i in range(0, len(exs), max(1, self.cfg.batch_size * self.cfg.num_generations)):
+            chunk = exs[i:i + self.cfg.batch_size * self.cfg.num_generations]
+            ids, mask = self.encode(chunk)
+            roll = rollout(self.sampler, self.tok, ids, mask, 1,
+                           max_new_tokens=self.cfg.max_new_tokens, greedy=True)
+            scored = [self.reward_fn(text, ex) for text, ex in zip(roll.texts, chunk, strict=True)]
+            tot += torch.tensor([len(scored), sum(s.total for s in scored),
+                                 sum(s.components["format"] > 0 for s in scored)], dtype=torch.float64)
+            market.update([ex.direction_1 for ex in chunk], [s.prediction.direction for s in scored])
+        tot, market = D.all_reduce_sum(tot, self.dist), _sync_market(market, self.dist)
+        n = max(float(tot[0]), 1.0)
+        nan = lambda x: math.nan if x is None else x  # noqa: E731
+        # A predicted-up rate of 0 or 1 means one answer for every prompt: the market-bias failure to watch.
+        return {"val/reward": float(tot[1]) / n, "val/format_rate": float(tot[2]) / n,
+                "val/accuracy": nan(market.accuracy), "val/parse_rate": nan(market.parse_rate),
+                "val/predicted_up_rate": nan(market.predicted_up_rate)}
+
+    def _evaluate_and_keep_best(self) -> None:
+        if not self.val_set:
+            return
+        metrics = D.broadcast(self.validation_reward(), self.dist)  # one best/ decision for all ranks
+        if self.dist.is_main:
+            self.log.scalars(self.step_num, metrics)
+            self.log.info("step %d validation %s", self.step_num, metrics)
+        if metrics["val/reward"] > self.best_val:
+            self.best_val = metrics["val/reward"]
+            self.save(Path(self.cfg.output_dir) / "best")
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step_num, "epoch": self.step_num // self.steps_per_epoch,
+                "data_position": self.step_num % self.steps_per_epoch, "best_val_reward": self.best_val,
+                "skipped_updates": self.skipped_updates, "market": self.market.to_dict(),
+                "log_offsets": self.log.offsets(), "world_size": self.dist.world, "total_steps": self.total_steps,
+                "global_batch": self.cfg.batch_size * self.dist.world}
+
+    def save(self, folder: Path | None = None) -> None:
+        folder = folder or Path(self.cfg.output_dir) / f"checkpoint-{self.step_num}"
+        state = None
+        if self.dist.enabled:  # the all-gather is also the barrier before rank 0 writes
+            from peft import get_peft_model_state_dict
+
+            prints = D.check_replicas(get_peft_model_state_dict(self.policy), self.dist, f" at step {self.step_num}")
+            state = {"replica_fingerprints": prints}
+        if self.dist.is_main:
+            save_checkpoint(folder, model=self.policy, tokenizer=self.tok, optimizer=self.optimizer,
+                            scheduler=self.scheduler, state=self.state() | (state or {}))
+            self.log.info("saved %s", folder)
+            if folder.name.startswith("checkpoint-"):
+                prune_checkpoints(self.cfg.output_dir, self.cfg.save_total_limit)
+        D.barrier(self.dist)
+
+    def _resume(self) -> None:
+        ckpt = D.broadcast(latest_checkpoint(self.cfg.output_dir), self.dist)  # rank 0's view decides
+        if ckpt is None:
+            self.log.info("resume: no complete checkpoint in %s, starting fresh", self.cfg.output_dir)
+            return
+        if not ckpt.is_dir():
+            raise FileNotFoundError(f"rank {self.dist.rank} cannot see {ckpt}, the checkpoint rank 0 resumes from: "
+                                    "with several nodes, output_dir must be on a filesystem that every node mounts.")
+        check_global_batch(json.loads((ckpt / "trainer_state.json").read_text()), self.cfg, self.dist, ckpt)
+        load_adapter_weights(self.policy, ckpt)
+        state = load_training_state(ckpt, self.optimizer, self.scheduler)
+        self.step_num, self.best_val = state["step"], state["best_val_reward"]
+        self.skipped_updates = state["skipped_updates"]
+        self.market = MarketStats.from_dict(state["market"])
+        self.log.truncate(state["log_offsets"])
+        self.sampler.refresh(self.policy)
+        self.log.info("resumed from %s at step %d", ckpt, self.step_num)
+
+
+def _sync_market(market: MarketStats, d: D.Dist) -> MarketStats:
+    """One step's market counts summed over ranks (each rank only saw its own completions)."""
+    if not d.enabled:
+        return market
+    return MarketStats.from_tensor(D.all_reduce_sum(market.as_tensor(), d))
+
+
+def _make_scheduler(cfg: cfglib.TrainConfig, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_scheduler]
+    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)

@@ -1,0 +1,125 @@
+"""Rollouts: B prompts in, B×G sampled completions out, as one :class:`Rollout` record.
+
+Two samplers share one interface (:class:`Sampler`):
+
+- :class:`HFSampler` calls ``model.generate`` once for all B×G sequences: the reference path,
+  and the fallback for architectures the fast sampler does not implement;
+- :class:`stonklib.sampling.fast.FastSampler` decodes from a dense copy of the merged weights with
+  a static KV cache (graph-captured bf16 on CUDA, eager float32 on CPU).
+
+Prompts are left-padded and completions right-padded; a completion's mask covers its tokens up to
+and including the first EOS. The log-probs of the sampled tokens are the update's business
+(:mod:`stonklib.update`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """B×G sampled sequences. Prompts are left-padded, completions right-padded."""
+
+    prompt_ids: torch.Tensor  # [N, P]
+    prompt_mask: torch.Tensor  # [N, P]
+    completion_ids: torch.Tensor  # [N, C]
+    completion_mask: torch.Tensor  # [N, C], 1 up to and including the first EOS
+    texts: list[str]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    @property
+    def n_completion_tokens(self) -> int:
+        return int(self.completion_mask.sum())
+
+
+class Sampler(Protocol):
+    def refresh(self, model) -> None:
+        """Called after every optimizer step so sampling follows the current policy."""
+
+    def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
+               min_new_tokens: int = 0, temperature: float = 1.0, top_p: float = 1.0,
+               greedy: bool = False) -> torch.Tensor:
+        """Completion ids [N, C] (C <= max_new_tokens), padded with the pad id after EOS."""
+
+
+class HFSampler:
+    """The reference sampler: one ``model.generate`` call over the whole batch."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+
+    def refresh(self, model) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def sample(self, prompt_ids, prompt_mask, *, max_new_tokens, min_new_tokens=0, temperature=1.0,
+               top_p=1.0, greedy=False):
+        was_training = self.model.training
+        self.model.eval()
+        kw = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
+                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        if greedy:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kw)
+        if was_training:
+            self.model.train()
+        return out[:, prompt_ids.shape[1]:]
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
+    """1 for every token up to and including the first EOS, 0 after it."""
+    if eos_token_id is None:
+        return torch.ones_like(completion_ids)
+    eos = torch.tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id], device=completion_ids.device)
+    is_eos = torch.isin(completion_ids, eos)
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    return (~after_eos).long()
+
+
+def encode_prompts(tokenizer, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and mask; the texts already carry the chat template."""
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, padding_side="left")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def rollout(sampler: Sampler, tokenizer, prompt_ids, prompt_mask, num_generations: int, **sample_kw) -> Rollout:
+    """Sample ``num_generations`` completions for each prompt in one batched call.
+
+    Rows are grouped: completions ``i*G .. i*G+G-1`` belong to prompt ``i``.
+    """
+    p_ids = prompt_ids.repeat_interleave(num_generations, dim=0)
+    p_mask = prompt_mask.repeat_interleave(num_generations, dim=0)
+    c_ids = sampler.sample(p_ids, p_mask, **sample_kw)
+    c_mask = completion_mask(c_ids, tokenizer.eos_token_id).to(p_mask.dtype)
+    texts = tokenizer.batch_decode(c_ids.masked_fill(c_mask == 0, tokenizer.pad_token_id), skip_special_tokens=True)
+    return Rollout(p_ids, p_mask, c_ids, c_mask, texts)
+
+
+def generate_texts(model, tokenizer, prompts: list[str], *, batch_size: int = 8, max_new_tokens: int = 200,
+                   greedy: bool = True, temperature: float = 0.7, top_p: float = 0.9,
+                   progress: bool = True, desc: str = "generate") -> list[str]:
+    """One completion per chat-rendered prompt, in batches, with a progress bar (evaluation)."""
+    from tqdm.auto import tqdm
+
+    sampler = HFSampler(model, tokenizer)
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, unit="batch"):
+        ids, mask = encode_prompts(tokenizer, prompts[i:i + batch_size], device)
+        out += rollout(sampler, tokenizer, ids, mask, 1, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_p=top_p, greedy=greedy).texts
+    return out
