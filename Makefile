@@ -35,7 +35,7 @@ notebooks report: demo  ## same as demo
 test: model  ## fast tests (the default; well under 15 minutes on 2 cores)
 	$(PYTEST) -q -m "not slow"
 
-test-slow: model data  ## slow tests: the real SmolLM2, full data build, notebooks, crash/resume
+test-slow: model data  ## slow tests: the real SmolLM2 (generate, evaluate, warm-up), the notebooks under papermill
 	$(PYTEST) -q -m "slow"
 
 test-all: model data  ## everything CI runs

@@ -1,113 +1,163 @@
-"""Does GRPO teach the embedded model something on real data? Held-out reward and format over steps.
+"""Does the loop learn? Held-out task metrics over GRPO steps, after the format warm-up.
 
-    python benchmarks/learning_curve.py                       # configs/learning_curve.yaml: 100 CPU steps
-    python benchmarks/learning_curve.py --max_steps 20        # any TrainConfig field overrides the YAML
-    python benchmarks/learning_curve.py --replot runs/learning-curve   # redraw from an existing run
+    python benchmarks/learning_curve.py                                   # configs/learning_curve.yaml (CPU)
+    python benchmarks/learning_curve.py --config configs/learning_planted.yaml --dataset planted:momentum  # GPU
+    python benchmarks/learning_curve.py --config configs/learning_real.yaml                             # GPU
+    python benchmarks/learning_curve.py --max_steps 20 --set warmup.max_steps=10   # overrides
+    python benchmarks/learning_curve.py --replot runs/learning-curve       # redraw from existing runs
 
-It runs the real trainer (``stonk train`` in a function) with the config, then reads the run's
-``train_metrics.jsonl``: the validation points (greedy completions for ``max_eval_samples``
-held-out prompts from the val split, scored by the five-part reward, before the first step and
-every ``eval_steps``) and the per-step training reward. A run that was interrupted is resumed
-from its last checkpoint when the script is started again (``--resume`` is implied for an
-existing, unfinished output directory); a finished one is only re-plotted.
+The config is a pipeline file (``stonk pipeline``; a lone ``train:`` section is one GRPO stage): the
+warm-up, then the GRPO stage(s) each from the previous adapter, then, with an ``eval:`` section, the
+test-split evaluation beside the baselines. ``--dataset planted:RULE`` builds (once) and uses the positive
+control of :mod:`stonklib.data.planted` in every section; ``--dataset real`` the bundled S&P 500 data.
+TrainConfig flags (``--max_steps 20``) apply to every GRPO section, ``--set SECTION.FIELD=VALUE`` to one.
+An interrupted run continues from its checkpoints when started again; finished stages are only re-read.
 
-Writes ``benchmarks/results/<tag>-learning_curve.json`` (every validation point, the training
-curve, per-10-step statistics of the sampled completions, the config, wall time, machine) and
-``.png`` (the curves). The completion statistics catch a policy that collapsed onto one answer
-(few distinct completions, groups with no reward spread, one predicted direction); the verdict
-says so when it happens, because then a higher reward or accuracy is not predictive skill. "Rose" is stated for the
-validation reward and format rate as last point minus first point; with ``n`` validation
-prompts each format-rate point moves in steps of ``1/n``, so a rise of a few ``1/n`` is noise.
+From each GRPO stage's ``train_metrics.jsonl`` it reads the validation points (greedy answers to
+``max_eval_samples`` held-out prompts: accuracy, balanced accuracy, MCC, parse rate, predicted-up rate,
+distinct answers) and the per-step collapse signals (groups without reward spread, and those among them
+whose answers are wrong; distinct completions; the sampled up-rate; entropy). The verdict states:
+
+- the held-out accuracy at the first and last validation, its best, and the first GRPO step at which it
+  reached 0.9 (the planted control's target);
+- the end-of-run ``distinct_share`` and ``zero_std_groups`` (mean of the last 10 steps), the latter both
+  over all groups and over the groups whose answers are wrong (on a solved task every group is right and
+  spread-free: that is success, not collapse);
+- whether the predicted-up rate stayed within [0.2, 0.8] at every validation after step 50, and
+  ``zero_std_groups`` <= 0.7 (the real-data "no collapse" criterion);
+- the test metrics beside every baseline, as ``stonk evaluate``'s verdict words them.
+
+Writes ``benchmarks/results/<machine>-learning_curve-<name>-<date>.{json,png}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import ROOT, machine_name, result_name, versions  # noqa: E402
 
 from stonklib import config as cfglib  # noqa: E402
-from stonklib.cli import add_config_flags, config_from_args  # noqa: E402
+from stonklib.cli import add_config_flags  # noqa: E402
 
-VAL_KEYS = ("val/reward", "val/format_rate", "val/accuracy")
+VAL_KEYS = ("val/accuracy", "val/balanced_accuracy", "val/mcc", "val/parse_rate", "val/format_rate",
+            "val/predicted_up_rate", "val/distinct_share", "val/reward")
+STEP_KEYS = ("reward/total", "reward/direction", "reward/zero_std_groups", "reward/zero_std_wrong_groups",
+             "completions/distinct_share", "completions/predicted_up_rate", "entropy", "kl")
+GRPO = ("stage1", "stage2", "train")
+TARGET_ACCURACY = 0.9
 
 
-def curve(output_dir: Path) -> dict:
-    """Validation points and the smoothed training reward of a run directory."""
+# ----------------------------------------------------------------------------- config
+def pipeline_config(args, train_overrides: dict) -> dict:
+    """The YAML's sections with ``--dataset``, the TrainConfig flags and ``--set`` applied (validated later)."""
+    sections = cfglib.load_yaml(args.config)
+    if args.dataset:
+        data_dir = prepare_data(args.dataset)
+        for name in ("warmup", *GRPO, "eval"):
+            if name in sections:
+                sections[name]["data"] = data_dir
+    for name in GRPO:
+        if name in sections:
+            sections[name].update(train_overrides)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not (sep and dot) or section not in sections:
+            raise SystemExit(f"--set {item!r}: write SECTION.FIELD=VALUE for a section of {args.config}.")
+        sections[section][field] = yaml.safe_load(value)
+    return sections
+
+
+def prepare_data(spec: str) -> str:
+    """``real`` or ``planted:RULE`` -> a built data directory (built on first use)."""
+    from stonklib.data import build_dataset, is_built
+
+    if spec == "real":
+        return str(cfglib.DataConfig().out_dir)
+    kind, _, rule = spec.partition(":")
+    if kind != "planted" or not rule:
+        raise SystemExit(f"--dataset {spec!r}: use real or planted:RULE (momentum, threshold).")
+    cfg = cfglib.DataConfig(plant=rule)
+    if not is_built(cfg.out_dir):
+        build_dataset(cfg, progress=True)
+    return str(cfg.out_dir)
+
+
+# ----------------------------------------------------------------------------- reading runs
+def stage_curves(output_dir: Path) -> dict:
+    """One GRPO stage's validation points and per-step signals."""
     from stonklib.workbook import read_metrics
 
     m = read_metrics(output_dir)
     val = m[[k for k in VAL_KEYS if k in m]].dropna(how="all")
-    train = m[[k for k in ("reward/total", "reward/format", "kl") if k in m]].dropna(how="all")
-    return {
-        "validation": [{"step": int(s), **{k: float(v) for k, v in row.items()}} for s, row in val.iterrows()],
-        "train": [{"step": int(s), **{k: float(v) for k, v in row.items()}} for s, row in train.iterrows()],
-    }
+    steps = m[[k for k in STEP_KEYS if k in m]].dropna(how="all")
+    rows = lambda df: [{"step": int(s), **{k: (None if v != v else float(v)) for k, v in r.items()}}  # noqa: E731
+                       for s, r in df.iterrows()]
+    return {"output_dir": str(output_dir), "validation": rows(val), "steps": rows(steps)}
 
 
-def windows(output_dir: Path, width: int = 10) -> list[dict]:
-    """What the sampled completions looked like, per ``width`` steps (from stage2_training_log.jsonl).
-
-    ``distinct_share``: distinct completion texts / completions; ``zero_std_groups``: groups whose G
-    completions all got one reward (no policy gradient); ``predicted_up_rate`` among parsed answers.
-    A policy that collapsed onto one answer shows distinct_share near 1/n and zero_std_groups near 1.
-    """
-    from collections import defaultdict
-
-    from stonklib.grpo.market import MarketStats
-    from stonklib.grpo.runlog import read_jsonl
-
-    logs = sorted(output_dir.glob("stage*_training_log.jsonl"))
-    if not logs:
-        return []
-    by_window: dict[int, list[dict]] = defaultdict(list)
-    for r in read_jsonl(logs[0]):
-        by_window[(r["step"] - 1) // width].append(r)
-    out = []
-    for w, rows in sorted(by_window.items()):
-        groups: dict[tuple, set] = defaultdict(set)
-        for r in rows:
-            groups[(r["step"], r.get("rank", 0), r["prompt_id"])].add(r["reward_total"])
-        market = MarketStats()
-        market.update([r["actual_direction"] for r in rows], [r["predicted_direction"] for r in rows])
-        out.append({"steps": [w * width + 1, w * width + width], "completions": len(rows),
-                    "distinct_share": len({r["completion"] for r in rows}) / len(rows),
-                    "zero_std_groups": sum(len(v) == 1 for v in groups.values()) / len(groups),
-                    "parsed_share": market.parse_rate, "predicted_up_rate": market.predicted_up_rate,
-                    "actual_up_rate": market.actual_up_rate})
+def verdict(stages: dict[str, dict], evaluation: dict | None = None) -> dict:
+    """The numbers the acceptance asks for, over the GRPO stages run one after another (steps counted on)."""
+    points, steps, offset = [], [], 0
+    for curves in stages.values():
+        points += [p | {"step": p["step"] + offset} for p in curves["validation"]]
+        steps += [s | {"step": s["step"] + offset} for s in curves["steps"]]
+        offset = steps[-1]["step"] if steps else offset
+    out: dict = {"grpo_steps": offset}
+    acc = [(p["step"], p.get("val/accuracy")) for p in points if p.get("val/accuracy") is not None]
+    if acc:
+        out["accuracy"] = {"first": acc[0][1], "last": acc[-1][1], "best": max(a for _, a in acc),
+                           "first_step_at_target": next((s for s, a in acc if a >= TARGET_ACCURACY), None)}
+    tail = steps[-10:]
+    mean = lambda k: (sum(s[k] for s in tail if s.get(k) is not None) / max(1, sum(s.get(k) is not None for s in tail)))  # noqa: E731
+    if tail:
+        out["end"] = {k.split("/")[-1]: mean(k) for k in ("completions/distinct_share", "reward/zero_std_groups",
+                                                          "reward/zero_std_wrong_groups", "entropy") if k in tail[-1]}
+    late = [p for p in points if p["step"] > 50 and p.get("val/predicted_up_rate") is not None]
+    out["no_collapse"] = {
+        "up_rate_within_0.2_0.8_after_step_50": all(0.2 <= p["val/predicted_up_rate"] <= 0.8 for p in late),
+        "up_rates_after_step_50": [round(p["val/predicted_up_rate"], 3) for p in late],
+        "zero_std_groups_at_most_0.7": bool(tail) and mean("reward/zero_std_groups") <= 0.7}
+    text = []
+    if acc:
+        a = out["accuracy"]
+        at = a["first_step_at_target"]
+        text.append(f"held-out accuracy {a['first']:.3f} at the first validation -> {a['last']:.3f} at step {acc[-1][0]} "
+                    f"(best {a['best']:.3f}; " + (f"{TARGET_ACCURACY} first reached at GRPO step {at})" if at is not None
+                                                  else f"{TARGET_ACCURACY} never reached)"))
+    if "end" in out:
+        e = out["end"]
+        text.append(f"last 10 steps: distinct_share {e.get('distinct_share', float('nan')):.2f}, zero_std_groups "
+                    f"{e.get('zero_std_groups', float('nan')):.2f} (of which wrong {e.get('zero_std_wrong_groups', float('nan')):.2f})")
+    if evaluation:
+        out["test"] = evaluation
+        text.append(evaluation.get("verdict", ""))
+    out["text"] = "; ".join(t for t in text if t)
     return out
 
 
-def verdict(points: list[dict], n_val: int, wins: list[dict] | None = None) -> dict:
-    """First vs last validation point for reward and format rate, in plain words."""
-    if len(points) < 2:
-        return {"text": "fewer than two validation points: nothing to compare"}
-    first, last = points[0], points[-1]
-    out = {}
-    for key in ("val/reward", "val/format_rate"):
-        out[key] = {"first": first[key], "last": last[key], "change": last[key] - first[key],
-                    "max": max(p[key] for p in points)}
-    fr = out["val/format_rate"]
-    out["text"] = (f"step {first['step']} -> {last['step']}: held-out mean reward {first['val/reward']:.3f} -> "
-                   f"{last['val/reward']:.3f}; format compliance {fr['first']:.1%} -> {fr['last']:.1%} "
-                   f"({n_val} prompts, so one prompt is {1 / max(n_val, 1):.1%}).")
-    out["rose"] = bool(out["val/reward"]["change"] > 0 and fr["change"] > 0)
-    last = (wins or [None])[-1]
-    if last and (last["distinct_share"] < 0.1 or last["predicted_up_rate"] in (0.0, 1.0)):
-        side = {0.0: "down", 1.0: "up"}.get(last["predicted_up_rate"])
-        out["collapsed"] = True
-        out["text"] += (f" But in steps {last['steps'][0]}-{last['steps'][1]} only {last['distinct_share']:.1%} of the "
-                        f"sampled completions were distinct and {last['zero_std_groups']:.0%} of the groups had no "
-                        "reward spread" + (f"; every parsed answer said {side}" if side else "")
-                        + ": the policy collapsed onto one answer, so accuracy here is the base rate, not skill.")
-    return out
+def evaluation_summary(eval_dir: Path) -> dict | None:
+    """The test metrics of the pipeline's evaluation, beside every baseline (with their CIs)."""
+    path = eval_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    keep = ("n", "accuracy", "accuracy_ci95", "binom_p_value", "majority_rate", "balanced_accuracy", "mcc",
+            "parse_rate", "predicted_up_rate", "actual_up_rate")
+    from stonklib.evaluate import verdict as eval_verdict
+
+    return {"model": {k: m.get(k) for k in keep},
+            "baselines": {name: {k: b.get(k) for k in keep} for name, b in (m.get("baselines") or {}).items() if b},
+            "verdict": eval_verdict(m)}
 
 
 def plot(data: dict, path: Path) -> None:
@@ -116,70 +166,81 @@ def plot(data: dict, path: Path) -> None:
 
     from stonklib.workbook.plots import plot_metric_curves, save
 
-    fig = Figure(figsize=(16, 4), layout="constrained")
+    fig = Figure(figsize=(17, 4), layout="constrained")
     axes = fig.subplots(1, 4)
-    val = pd.DataFrame(data["validation"]).set_index("step")
-    train = pd.DataFrame(data["train"]).set_index("step")
-    plot_metric_curves(val, ["val/reward"], ax=axes[0], title="held-out mean reward (greedy)", ylabel="reward")
-    plot_metric_curves(val, ["val/format_rate", "val/accuracy"], ax=axes[1], title="held-out format / accuracy",
-                       ylabel="share of prompts")
-    axes[1].set_ylim(-0.02, 1.02)
-    smooth = train.rolling(10, min_periods=1).mean()
-    plot_metric_curves(smooth, ["reward/total", "reward/format"], ax=axes[2], title="training reward (10-step mean)",
-                       ylabel="reward")
-    if data.get("train_windows"):
-        win = pd.DataFrame(data["train_windows"])
-        win.index = [s[1] for s in win["steps"]]
-        plot_metric_curves(win, ["distinct_share", "zero_std_groups", "predicted_up_rate", "actual_up_rate"],
-                           ax=axes[3], title="sampled completions (per 10 steps)", ylabel="share")
-        axes[3].set_ylim(-0.02, 1.02)
+    val = pd.DataFrame([p for c in data["stages"].values() for p in c["validation_on"]]).set_index("step")
+    steps = pd.DataFrame([s for c in data["stages"].values() for s in c["steps_on"]]).set_index("step")
+    plot_metric_curves(val, ["val/accuracy", "val/balanced_accuracy", "val/parse_rate"], ax=axes[0],
+                       title="held-out (greedy)", ylabel="share of prompts")
+    axes[0].axhline(TARGET_ACCURACY, color="grey", lw=0.8, ls="--")
+    plot_metric_curves(val, ["val/predicted_up_rate", "val/distinct_share", "val/mcc"], ax=axes[1],
+                       title="held-out answers", ylabel="share / MCC")
+    smooth = steps.rolling(10, min_periods=1).mean()
+    plot_metric_curves(smooth, ["reward/zero_std_groups", "reward/zero_std_wrong_groups", "completions/distinct_share",
+                                "completions/predicted_up_rate"], ax=axes[2], title="sampled groups (10-step mean)",
+                       ylabel="share")
+    plot_metric_curves(smooth, ["reward/total", "entropy"], ax=axes[3], title="training reward, entropy (10-step mean)")
+    for ax in axes[:3]:
+        ax.set_ylim(-1.02 if ax is axes[1] else -0.02, 1.02)
+    for boundary in data.get("stage_starts", [])[1:]:
+        for ax in axes:
+            ax.axvline(boundary, color="k", lw=0.6, ls=":")
     fig.suptitle(data["title"])
     save(fig, path)
 
 
+# ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "learning_curve.yaml"))
+    ap.add_argument("--dataset", default=None, help="real or planted:RULE (momentum, threshold): the data every section uses")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--tag", default=None, help="file-name prefix (default: cpu-<cores>c or the GPU name)")
-    ap.add_argument("--replot", default=None, help="only read and plot this existing run directory")
+    ap.add_argument("--name", default=None, help="result name (default: the config file's stem)")
+    ap.add_argument("--machine", default=None, help="machine name in the file name (default: from the device)")
+    ap.add_argument("--replot", action="store_true", help="only read and plot the runs the config names")
     add_config_flags(ap, cfglib.TrainConfig)
     args = ap.parse_args(argv)
+    fields = {f.name for f in dataclasses.fields(cfglib.TrainConfig)}
+    train_overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    sections = pipeline_config(args, train_overrides)
+    name = args.name or Path(args.config).stem
+    from stonklib.pipeline import run_pipeline
 
-    import torch
-
-    cfg = config_from_args(cfglib.TrainConfig, args)
-    out_dir = Path(args.replot or cfg.output_dir)
+    grpo = [s for s in GRPO if s in sections]
+    first_out = Path(sections[grpo[0]]["output_dir"]) if grpo else Path("runs/learning")
+    resolved = first_out.parent / f"{name}-pipeline.yaml"
+    resolved.parent.mkdir(parents=True, exist_ok=True)
+    resolved.write_text(yaml.safe_dump(sections, sort_keys=False))
     wall = None
-    if args.replot is None and not (out_dir / "final").is_dir():
-        from stonklib.grpo.launch import _has_run, run_training
-
-        if _has_run(out_dir):
-            cfg.resume = True  # continue an interrupted run
+    if not args.replot:
         t0 = time.perf_counter()
-        run_training(cfg)
+        run_pipeline(resolved, resume=True)  # continues an interrupted stage; a fresh one starts with empty logs
         wall = time.perf_counter() - t0
-    tag = args.tag or (torch.cuda.get_device_name(0).replace(" ", "-").lower() if torch.cuda.is_available()
-                       else f"cpu-{os.cpu_count()}c")
-    data = curve(out_dir)
-    data["train_windows"] = windows(out_dir)
-    data |= {"title": f"GRPO on {Path(cfg.stage1_model).name}, real S&P 500 data ({tag})",
-             "verdict": verdict(data["validation"], cfg.max_eval_samples, data["train_windows"]),
-             "config": cfglib.to_dict(cfg),
-             "run_dir": str(out_dir), "wall_s_this_invocation": wall, "machine": platform.platform(),
-             "torch": torch.__version__, "cores": os.cpu_count(),
-             "command": "python benchmarks/learning_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    stages = {s: stage_curves(Path(sections[s]["output_dir"])) for s in grpo}
+    offset, starts = 0, []
+    for c in stages.values():
+        starts.append(offset)
+        c["validation_on"] = [p | {"step": p["step"] + offset} for p in c["validation"]]
+        c["steps_on"] = [p | {"step": p["step"] + offset} for p in c["steps"]]
+        offset = c["steps_on"][-1]["step"] if c["steps_on"] else offset
+    evaluation = evaluation_summary(Path(sections["eval"]["out"])) if "eval" in sections else None
+    machine = args.machine or machine_name()
+    data = {"name": name, "config": sections, "stages": stages, "stage_starts": starts,
+            "verdict": verdict(stages, evaluation), "wall_s_this_invocation": wall, "machine": machine,
+            "versions": versions(), "date": time.strftime("%Y-%m-%d"),
+            "title": f"{name}: {' -> '.join([s for s in ('warmup', *grpo) if s in sections])} ({machine})",
+            "command": "python benchmarks/learning_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    if "warmup" in sections:
+        from stonklib.workbook import warmup_progress
+
+        data["warmup"] = warmup_progress(sections["warmup"]["output_dir"]).reset_index().to_dict("records")
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    path = results / f"{tag}-learning_curve.json"
-    before = json.loads(path.read_text()) if path.is_file() else {}
-    if wall is None and before.get("run_dir") == str(out_dir):  # a re-plot keeps the training's wall time
-        data["wall_s_training"] = before.get("wall_s_training", before.get("wall_s_this_invocation"))
-    else:
-        data["wall_s_training"] = wall
-    path.write_text(json.dumps(data, indent=2))
-    plot(data, results / f"{tag}-learning_curve.png")
-    print(data["verdict"]["text"] if "text" in data["verdict"] else data["verdict"])
+    path = results / result_name(machine, "learning_curve", name)
+    path.write_text(json.dumps(data, indent=2, default=str))
+    plot(data, path.with_suffix(".png"))
+    print(data["verdict"]["text"])
     return data
 
 

@@ -1,4 +1,4 @@
-"""The ``stonk`` command: data / model / train / evaluate / report.
+"""The ``stonk`` command: data / model / warmup / train / pipeline / evaluate / report.
 
 Flags are generated from the config dataclasses (``stonklib.config``), so a flag,
 a YAML key and a notebook parameter always share one name. ``--config FILE``
@@ -10,7 +10,9 @@ Examples::
 
     stonk model fetch smollm2
     stonk data build --source sp500 --out data/built/sp500
+    stonk warmup --config configs/smoke.yaml
     stonk train --config configs/stage2.yaml --max_steps 20
+    stonk pipeline --config configs/pipeline.yaml
     stonk evaluate --model models/smollm2-135m-instruct --split test --limit 64 --out runs/eval
     stonk report --config configs/smoke.yaml
 """
@@ -29,7 +31,7 @@ from typing import Any
 from stonklib import config as C
 from stonklib.environment import prefer_passive_omp
 
-SECTIONS = {C.DataConfig: "data", C.TrainConfig: "train", C.EvalConfig: "eval"}
+SECTIONS = C.SECTIONS
 
 
 # ------------------------------------------------------------------ flag building
@@ -101,6 +103,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from stonklib.warmup import run_warmup
+
+    summary = run_warmup(config_from_args(C.WarmupConfig, args))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from stonklib.pipeline import run_pipeline
+
+    results = run_pipeline(args.config, resume=args.resume)
+    print(json.dumps(results, indent=2, default=str))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from stonklib.evaluate import run_evaluate, verdict
 
@@ -136,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="rebuild even if the directory exists")
     f.set_defaults(func=cmd_model_fetch)
 
+    w = sub.add_parser("warmup", help="the supervised format warm-up before GRPO (LoRA on answers written by code)")
+    w.add_argument("--config", help="YAML file with WarmupConfig fields (or a warmup: section)")
+    add_config_flags(w, C.WarmupConfig)
+    w.set_defaults(func=cmd_warmup)
+
     t = sub.add_parser("train", help="GRPO training (Stage II by default; --stage 1 --balanced for Stage I)")
     t.add_argument("--config", help="YAML file with TrainConfig fields (or a train: section)")
     t.add_argument("--balanced", action="store_true", help="balanced up/down sampling (Stage I); same as --no-natural_distribution")
@@ -146,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", help="YAML file with EvalConfig fields (or an eval: section)")
     add_config_flags(e, C.EvalConfig)
     e.set_defaults(func=cmd_evaluate)
+
+    pl = sub.add_parser("pipeline", help="warm-up -> Stage I -> Stage II -> evaluation from one config file")
+    pl.add_argument("--config", default="configs/pipeline.yaml", help="YAML with warmup/stage1/stage2/eval sections "
+                    "(default: configs/pipeline.yaml)")
+    pl.add_argument("--resume", action="store_true", help="continue an unfinished stage from its last checkpoint")
+    pl.set_defaults(func=cmd_pipeline)
 
     r = sub.add_parser("report", help="execute notebooks 01-05 with papermill and build an HTML index")
     r.add_argument("--config", default="configs/smoke.yaml", help="YAML with data/train/eval sections (default: configs/smoke.yaml)")

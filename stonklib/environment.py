@@ -15,6 +15,7 @@ Variables read, and where (nothing else in the package reads the environment):
 ``TRITON_INTERPRET``         :func:`stonklib.kernels.available`: Triton's own switch for running
                              kernels on CPU (the tests use it).
 ``HF_TOKEN``                 read by ``huggingface_hub`` itself, never by stonklib, never logged.
+``STONK_OUTPUT_DIR``         ``train_stage1.sh`` / ``train_stage2.sh`` only: their default ``--output_dir``.
 ===========================  ==============================================================
 
 Every switch of the training fast path is a :class:`~stonklib.config.TrainConfig` field
@@ -34,7 +35,7 @@ def prefer_passive_omp() -> str:
     """Default OpenMP to passive waiting; returns the policy in force.
 
     OpenMP's default spin-waiting makes small matrix products many times slower when the cores are
-    shared with another busy process, which dominates CPU decoding (``docs/performance.md``).
+    shared with another busy process, which dominates CPU decoding.
     Passive waiting costs nothing measurable on big products. OpenMP reads the variable when torch
     loads, so this only takes effect before that; a value the user set is left alone.
     """

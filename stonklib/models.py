@@ -297,9 +297,13 @@ def adapters_off(model):
 
 
 def load_policy(cfg, device: torch.device, device_map: dict | None = None):
-    """(policy with a new LoRA, tokenizer) for a :class:`~stonklib.config.TrainConfig`."""
-    tokenizer = load_tokenizer(_tokenizer_ref(resolve_source(cfg.stage1_model)), cfg.trust_remote_code)
-    model = load_base_model(cfg.stage1_model, quantize=cfg.quantize, device=device,
+    """(policy with a new LoRA, tokenizer) for a :class:`~stonklib.config.TrainConfig` or ``WarmupConfig``.
+
+    The model it starts from is ``cfg.stage1_model`` (GRPO) or ``cfg.model`` (the warm-up).
+    """
+    ref = cfg.stage1_model if hasattr(cfg, "stage1_model") else cfg.model
+    tokenizer = load_tokenizer(_tokenizer_ref(resolve_source(ref)), cfg.trust_remote_code)
+    model = load_base_model(ref, quantize=cfg.quantize, device=device,
                             trust_remote_code=cfg.trust_remote_code, device_map=device_map)
     policy = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     return policy, tokenizer

@@ -27,12 +27,15 @@ it sees the same text. Where it departs from the seed:
 terse wording) so a notebook can compare the two.
 
 ``TEMPLATES["compact_example"]`` is ``compact`` with the placeholders replaced by one
-filled-in example answer. Small models (the embedded SmolLM2-135M) echo
-``[UP/DOWN] [PERCENTAGE]%`` placeholders back instead of answering: on 16 validation
-prompts, greedy, 48 new tokens, the compact prompt gave 0/16 well-formatted answers
-and this one 1/16 (3/32 sampled), enough signal for GRPO to start from. Its example
-numbers are fixed and may anchor a small model; the reward, not the prompt, is
-what should teach real predictions.
+filled-in example answer (``Day 1: DOWN 1.2% with 60% confidence``). Small models echo
+``[UP/DOWN] [PERCENTAGE]%`` placeholders back instead of answering, and the example
+gives them a format to copy; but its fixed direction and numbers anchor the answer: a
+policy that copies it answers DOWN to every prompt and GRPO goes silent
+(``docs/learning.md``). It is kept for that comparison.
+
+``TEMPLATES["compact_format"]`` shows the format with ``<up or down> <x.x>%`` slots that
+fix no direction and no number; the shipped configs use it, after the format warm-up
+(:mod:`stonklib.warmup`) has taught the model to fill them.
 
 ``fit_prompt`` keeps a prompt within ``max_prompt_tokens``: it drops the oldest
 history rows first (keeping the most recent one), then news items, and as a last
@@ -200,8 +203,21 @@ def _render_compact(ex: Example, n_hist: int, n_news: int, task: str = _COMPACT_
     return PromptParts(head, "\n".join(lines) + "\n", task)
 
 
+_FORMAT_TASK = """
+Predict the next 3 trading days. Answer with exactly these four lines, filling in each <...>:
+Day 1: <up or down> <x.x>% with <nn>% confidence
+Day 2: <up or down> <x.x>% with <nn>% confidence
+Day 3: <up or down> <x.x>% with <nn>% confidence
+Justification: <one sentence citing at least five numbers shown above>
+"""
+
+
 def _render_compact_example(ex: Example, n_hist: int, n_news: int) -> PromptParts:
     return _render_compact(ex, n_hist, n_news, _EXAMPLE_TASK)
+
+
+def _render_compact_format(ex: Example, n_hist: int, n_news: int) -> PromptParts:
+    return _render_compact(ex, n_hist, n_news, _FORMAT_TASK)
 
 
 TEMPLATES: dict[str, PromptTemplate] = {
@@ -209,6 +225,8 @@ TEMPLATES: dict[str, PromptTemplate] = {
     "compact": PromptTemplate("compact", "Terse wording, 5 history rows, 3 news items.", 5, 3, _render_compact),
     "compact_example": PromptTemplate("compact_example", "compact, with a filled-in example answer instead of placeholders.",
                                       5, 3, _render_compact_example),
+    "compact_format": PromptTemplate("compact_format", "compact, with the answer format shown by <...> slots that fix no "
+                                     "direction and no number.", 5, 3, _render_compact_format),
 }
 
 

@@ -26,41 +26,51 @@ def lc():
     return mod
 
 
-def test_verdict_compares_first_and_last_points(lc):
-    points = [{"step": 0, "val/reward": 0.5, "val/format_rate": 0.03125},
-              {"step": 10, "val/reward": 2.0, "val/format_rate": 0.5},
-              {"step": 20, "val/reward": 1.5, "val/format_rate": 0.25}]
-    v = lc.verdict(points, n_val=32)
-    assert v["val/reward"] == {"first": 0.5, "last": 1.5, "change": 1.0, "max": 2.0}
-    assert v["val/format_rate"]["change"] == pytest.approx(0.21875)
-    assert v["rose"] is True
-    assert "32 prompts" in v["text"] and "3.1%" in v["text"]
-    collapsed = [{"steps": [11, 20], "distinct_share": 0.01, "zero_std_groups": 1.0, "predicted_up_rate": 0.0}]
-    v = lc.verdict(points, n_val=32, wins=collapsed)
-    assert v["collapsed"] and "every parsed answer said down" in v["text"] and "not skill" in v["text"]
-    healthy = [{"steps": [11, 20], "distinct_share": 0.9, "zero_std_groups": 0.1, "predicted_up_rate": 0.4}]
-    assert "collapsed" not in lc.verdict(points, n_val=32, wins=healthy)
-    fell = lc.verdict([points[1], points[2]], n_val=32)
-    assert fell["rose"] is False
-    assert "fewer than two" in lc.verdict(points[:1], n_val=32)["text"]
+def _stage(points, steps):
+    return {"validation": points, "steps": steps}
 
 
-def test_runs_reads_back_and_writes_json_and_png(lc, tiny_model_dir, tmp_path):
+def test_the_verdict_reports_accuracy_collapse_signals_and_the_up_rate_bounds(lc):
+    points = [{"step": 0, "val/accuracy": 0.5, "val/predicted_up_rate": 0.5},
+              {"step": 50, "val/accuracy": 0.7, "val/predicted_up_rate": 0.6},
+              {"step": 75, "val/accuracy": 0.95, "val/predicted_up_rate": 0.45},
+              {"step": 100, "val/accuracy": 0.92, "val/predicted_up_rate": 0.9}]
+    steps = [{"step": i, "reward/zero_std_groups": 0.8, "reward/zero_std_wrong_groups": 0.1,
+              "completions/distinct_share": 0.5} for i in range(1, 101)]
+    v = lc.verdict({"train": _stage(points, steps)})
+    assert v["accuracy"] == {"first": 0.5, "last": 0.92, "best": 0.95, "first_step_at_target": 75}
+    assert v["end"]["zero_std_groups"] == pytest.approx(0.8) and v["end"]["zero_std_wrong_groups"] == pytest.approx(0.1)
+    assert v["no_collapse"]["up_rates_after_step_50"] == [0.45, 0.9]  # step 50 itself is not "after step 50"
+    assert not v["no_collapse"]["up_rate_within_0.2_0.8_after_step_50"]
+    assert not v["no_collapse"]["zero_std_groups_at_most_0.7"]
+    assert "first reached at GRPO step 75" in v["text"]
+    two = lc.verdict({"stage1": _stage(points[:2], steps[:50]), "stage2": _stage(points[2:], steps[:50])})
+    assert two["grpo_steps"] == 100  # stage II's steps are counted on from stage I's last
+
+
+def test_runs_the_pipeline_reads_back_and_writes_json_and_png(lc, tiny_model_dir, tmp_path):
+    import yaml
+
     data = tmp_path / "data"
     build_dataset(DataConfig(source="sp500", out=str(data), tickers=["AAPL", "MSFT"]), progress=False)
-    out, results = tmp_path / "run", tmp_path / "results"
-    args = ["--stage1_model", str(tiny_model_dir), "--data", str(data), "--output_dir", str(out),
-            "--results", str(results), "--tag", "t", "--max_steps", "2", "--eval_steps", "1",
-            "--max_eval_samples", "2", "--batch_size", "2", "--num_generations", "2", "--max_new_tokens", "4",
-            "--max_train_samples", "8"]
+    common = dict(data=str(data), device="cpu", prompt_version="compact_format", max_prompt_tokens=400,
+                  max_new_tokens=4, max_train_samples=8, max_eval_samples=2, gradient_checkpointing=False,
+                  tensorboard=False)
+    cfg = tmp_path / "lc.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "warmup": common | {"model": str(tiny_model_dir), "output_dir": str(tmp_path / "w"), "max_steps": 2,
+                            "batch_size": 2},
+        "train": common | {"output_dir": str(tmp_path / "g"), "max_steps": 2, "eval_steps": 1, "eval_at_start": True,
+                           "batch_size": 2, "num_generations": 2}}))
+    results = tmp_path / "results"
+    args = ["--config", str(cfg), "--results", str(results), "--machine", "t", "--set", "warmup.lr=0.002"]
     got = lc.main(args)
-    assert [p["step"] for p in got["validation"]] == [0, 1, 2]  # eval_at_start from the YAML, then every step
-    assert [p["step"] for p in got["train"]] == [1, 2]
-    saved = json.loads((results / "t-learning_curve.json").read_text())
-    assert saved["verdict"] == got["verdict"] and saved["config"]["prompt_version"] == "compact_example"
-    assert (results / "t-learning_curve.png").stat().st_size > 10_000
-    (win,) = got["train_windows"]  # steps 1-2 fall in the first window of 10
-    assert win["steps"] == [1, 10] and win["completions"] == 2 * 2 * 2
-    assert 0 < win["distinct_share"] <= 1 and 0 <= win["zero_std_groups"] <= 1
-    again = lc.main(args)  # a finished run is only re-read, not trained again
-    assert again["wall_s_this_invocation"] is None and again["validation"] == got["validation"]
+    assert [p["step"] for p in got["stages"]["train"]["validation"]] == [0, 1, 2]
+    assert [s["step"] for s in got["stages"]["train"]["steps"]] == [1, 2]
+    assert got["config"]["warmup"]["lr"] == 0.002 and len(got["warmup"]) == 2  # before and after the warm-up
+    (path,) = results.glob("t-learning_curve-lc-*.json")
+    saved = json.loads(path.read_text())
+    assert saved["verdict"] == got["verdict"] and "zero_std_groups" in saved["verdict"]["end"]
+    assert path.with_suffix(".png").stat().st_size > 10_000
+    again = lc.main(args)  # finished stages are only re-read, not trained again
+    assert again["stages"]["train"]["validation"] == got["stages"]["train"]["validation"]

@@ -50,11 +50,24 @@ def test_all_five_notebooks_exist():
 MIRRORS_ITS_CONFIG = {"01", "04", "05"}
 
 
+#: Dict parameters that hold a second config, key by key (04's ``warmup``: the YAML's ``warmup:`` section).
+NESTED = {"04": {"warmup": "WarmupConfig"}}
+
+
 def test_parameters_are_config_fields(notebook):
-    nb, _ = notebook
-    declared = set(pm.inspect_notebook(str(nb.path)))
+    nb, node = notebook
+    from stonklib import config
+
+    nested = NESTED.get(nb.key, {})
+    declared = set(pm.inspect_notebook(str(nb.path))) - set(nested)
     fields = {f.name for f in dataclasses.fields(nb.cls)}
     assert declared, f"{nb.stem} has no parameters"
+    cell = next(c for c in node.cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    values = {s.targets[0].id: ast.literal_eval(s.value) for s in ast.parse(cell.source).body}
+    for name, cls_name in nested.items():
+        sub = {f.name for f in dataclasses.fields(getattr(config, cls_name))}
+        assert name in values and (values[name] is None or set(values[name]) == sub), \
+            f"{nb.stem}: `{name}` must list every {cls_name} field (or be None)"
     assert declared <= fields, f"{nb.stem}: {sorted(declared - fields)} are not {nb.cls.__name__} fields"
     if nb.key in MIRRORS_ITS_CONFIG:
         assert declared == fields, (f"{nb.stem}: {sorted(fields - declared)} missing from the parameters cell; "

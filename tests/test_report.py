@@ -39,11 +39,13 @@ def test_smoke_config_resolves_and_fills_each_notebook(tmp_path, monkeypatch, to
     p01 = report.parameters_for(nbs["01"], sections, "r1")
     assert set(p01) == set(report.declared_parameters(nbs["01"].path)) and p01["embargo"] == raw["data"]["embargo"]
     p02 = report.parameters_for(nbs["02"], sections, "r1")
-    assert p02["prompt_version"] == "compact" and "num_generations" not in p02
+    assert p02["prompt_version"] == "compact_format" and "num_generations" not in p02
     p04 = report.parameters_for(nbs["04"], sections, "r1")
     assert p04["output_dir"] == str(tmp_path / "runs" / "r1" / "train")
     assert {k: p04[k] for k in raw["train"] if k != "output_dir"} == raw["train"]  # the YAML reaches 04 whole
     assert p04["lora_r"] == 8  # resolved as `stonk train` resolves it (Stage II default)
+    assert p04["warmup"]["output_dir"] == str(tmp_path / "runs" / "r1" / "warmup")  # the warm-up runs first in 04
+    assert {k: p04["warmup"][k] for k in raw["warmup"]} == raw["warmup"]
     p05 = report.parameters_for(nbs["05"], sections, "r1")
     assert p05["out"] == str(tmp_path / "runs" / "r1" / "eval") and p05["adapter"] is None
     final = tmp_path / "runs" / "r1" / "train" / "final"
@@ -85,9 +87,11 @@ def test_load_sections_rejects_bad_yaml(tmp_path, text, match):
 def test_configs_for_gpu_users_validate_as_yaml():
     for name in ("stage1.yaml", "stage2.yaml"):
         raw = report.C.load_yaml(paths.CONFIGS / name)
-        assert set(raw) <= {"data", "train", "eval"}
+        assert set(raw) <= {"data", "warmup", "train", "eval"}
         fields = {f for f in report.C.TrainConfig.__dataclass_fields__}
         assert set(raw["train"]) <= fields
+        assert set(raw.get("warmup", {})) <= set(report.C.WarmupConfig.__dataclass_fields__)
+    assert report.C.load_yaml(paths.CONFIGS / "stage1.yaml")["train"]["stage1_model"] == "runs/warmup/final"
     assert report.C.load_yaml(paths.CONFIGS / "stage2.yaml")["train"]["stage1_model"] == "runs/stage1/final"
 
 

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from stonklib import paths
 from stonklib.data.features import build_examples
 from stonklib.data.hf import load_hf
+from stonklib.data.planted import plant
 from stonklib.data.records import Example
 from stonklib.data.sources import DataError, SourceData, load_sp500, read_ohlcv_csv
 from stonklib.data.splits import check_no_leakage, dates_of, sample_dates_spread, split_dates, take
@@ -68,6 +69,8 @@ def build_dataset(cfg, progress: bool = True) -> dict[str, Any]:
     read_skips = sum(n for reason, n in data.skips.counts.items() if reason != "history_entry_invalid")
     n_rows = int(data.prices["asof"].sum()) + read_skips  # every row read: kept, or skipped while reading
     table = build_examples(data.prices, cfg, data.skips, progress=progress)
+    if cfg.plant:
+        table = plant(table, cfg.plant)
     if table.num_rows == 0:
         raise DataError(f"no examples could be built from {data.paths}; skipped {data.skips.as_dict()}. "
                         f"Each ticker needs at least min_history + 3 = {cfg.min_history + 3} trading days.")
@@ -85,6 +88,7 @@ def build_dataset(cfg, progress: bool = True) -> dict[str, Any]:
         _atomic(out / f"{name}.parquet", lambda tmp, t=part: pq.write_table(t, tmp))
     summary = {
         "source": cfg.source,
+        "planted": cfg.plant,
         "inputs": data.paths,
         "n_input_rows": n_rows,
         "n_examples": sum(p.num_rows for p in parts.values()),

@@ -88,6 +88,7 @@ def grpo_loss(
     max_completion_length: int | None = None,
     num_items: float | None = None,
     kl_bias_correction: bool = False,
+    entropy_coef: float = 0.0,
     stats_as_tensors: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """The clipped GRPO loss (to minimise) and detached stats; see the module docstring for the variant.
@@ -101,6 +102,10 @@ def grpo_loss(
     ``num_items`` sets the token count for ``"dapo"`` (default ``mask.sum()``).
     ``kl_bias_correction`` multiplies the k3 term by the (differentiable) ratio, TRL's
     ``use_bias_correction_kl`` (its default); see the module docstring.
+    ``entropy_coef`` adds an entropy bonus: minus ``entropy_coef`` times a surrogate whose gradient is the
+    score-function estimate of the policy entropy's gradient from the sampled tokens,
+    ``-(log pi - b) grad log pi`` with ``b`` the batch's mean log-prob (a baseline, for variance); its value
+    is not the entropy, which ``stats["entropy"]`` reports.
 
     ``stats`` (python floats; token-weighted means over the masked tokens, as TRL logs them):
     - ``kl``: the KL term as it enters the loss; present whenever ``ref_logp`` is given, even at ``beta == 0``.
@@ -108,6 +113,8 @@ def grpo_loss(
       gradient is zero there: ``rho < 1 - eps_low and A < 0`` or ``rho > 1 + eps_high and A > 0``
       (TRL's ``clip_ratio/region_mean``); its two parts ``clip_low_fraction``, ``clip_high_fraction``.
     - ``ratio_mean``, and ``num_tokens`` (the masked token count).
+    - ``entropy``: the mean negative log-prob of the sampled tokens, an unbiased estimate of the sampling
+      distribution's per-token entropy (on-policy; nothing extra is computed).
 
     ``stats_as_tensors=True`` returns them as 0-dim float32 tensors instead, so the caller can run the
     backward pass before the one device sync that reading them costs (the trainer does).
@@ -130,10 +137,14 @@ def grpo_loss(
                 kl = kl * ratio
     if beta != 0:
         per_token = per_token + beta * kl
-
     weights = keep.to(logp.dtype)
+    if entropy_coef != 0:
+        lp = logp.detach()
+        baseline = (lp * weights).sum() / weights.sum().clamp(min=1.0)
+        per_token = per_token + entropy_coef * (lp - baseline) * logp  # minus the entropy surrogate's gradient
+
     loss = _aggregate(per_token, weights, loss_type, max_completion_length, num_items)
-    stats = _loss_stats(ratio.detach(), adv, kl, weights, epsilon, eps_high)
+    stats = _loss_stats(ratio.detach(), adv, kl, -logp.detach(), weights, epsilon, eps_high)
     if not stats_as_tensors:
         stats = dict(zip(stats, torch.stack(list(stats.values())).tolist(), strict=True))  # one device sync
     return loss, stats
@@ -158,7 +169,7 @@ def _aggregate(per_token: Tensor, weights: Tensor, loss_type: str,
 
 
 @torch.no_grad()
-def _loss_stats(ratio: Tensor, adv: Tensor, kl: Tensor | None, weights: Tensor,
+def _loss_stats(ratio: Tensor, adv: Tensor, kl: Tensor | None, neg_logp: Tensor, weights: Tensor,
                 eps_low: float, eps_high: float) -> dict[str, Tensor]:
     is_low = (ratio < 1.0 - eps_low) & (adv < 0)
     is_high = (ratio > 1.0 + eps_high) & (adv > 0)
@@ -167,6 +178,7 @@ def _loss_stats(ratio: Tensor, adv: Tensor, kl: Tensor | None, weights: Tensor,
         "clip_low_fraction": is_low.to(weights.dtype),
         "clip_high_fraction": is_high.to(weights.dtype),
         "ratio_mean": ratio,
+        "entropy": neg_logp,
     }
     if kl is not None:
         parts["kl"] = kl.detach()

@@ -98,6 +98,20 @@ class MarketStats:
         return None if up is None or down is None else (up + down) / 2
 
     @property
+    def mcc(self) -> float | None:
+        """Matthews correlation over parsed predictions (up = positive); 0.0 when a class is missing, as sklearn.
+
+        From the counts: TP = correct_up, TN = correct_down, FP = pred_up - correct_up, FN = pred_down -
+        correct_down. None before any parsed prediction.
+        """
+        if self.n_parsed == 0:
+            return None
+        tp, tn = self.correct_up, self.correct_down
+        fp, fn = self.pred_up - tp, self.pred_down - tn
+        den = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+        return 0.0 if den == 0 else (tp * tn - fp * fn) / den ** 0.5
+
+    @property
     def predicted_up_rate(self) -> float | None:
         """Share of *parsed* predictions that say up."""
         return _ratio(self.pred_up, self.n_parsed)
@@ -152,7 +166,7 @@ class MarketStats:
     # ------------------------------------------------------------------ persist
     def to_dict(self) -> dict[str, Any]:
         """Counts plus derived rates (None where undefined); JSON-able."""
-        derived = ("n_examples", "n_parsed", "accuracy", "up_accuracy", "down_accuracy", "balanced_accuracy",
+        derived = ("n_examples", "n_parsed", "accuracy", "up_accuracy", "down_accuracy", "balanced_accuracy", "mcc",
                    "predicted_up_rate", "actual_up_rate", "parse_rate")
         return self.counts() | {k: getattr(self, k) for k in derived} | {"class_freq": self.class_freq()}
 

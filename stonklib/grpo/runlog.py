@@ -25,8 +25,9 @@ METRICS = "train_metrics.jsonl"
 TEXT_LOG = "training.log"
 
 
-def completions_file(stage: int) -> str:
-    return COMPLETIONS.format(stage=f"stage{stage}")
+def completions_file(stage: int | str) -> str:
+    """``stage1_``/``stage2_training_log.jsonl`` for the GRPO stages, ``warmup_training_log.jsonl`` for the warm-up."""
+    return COMPLETIONS.format(stage=f"stage{stage}" if isinstance(stage, int) else stage)
 
 
 def _clean(x: Any) -> Any:
@@ -43,7 +44,7 @@ def _clean(x: Any) -> Any:
 
 
 class RunLog:
-    def __init__(self, output_dir: str | Path, stage: int = 2, is_main: bool = True, tensorboard: bool = True):
+    def __init__(self, output_dir: str | Path, stage: int | str = 2, is_main: bool = True, tensorboard: bool = True):
         self.dir = Path(output_dir)
         self.is_main = is_main
         self.files = {"completions": self.dir / completions_file(stage), "metrics": self.dir / METRICS}
@@ -106,6 +107,12 @@ class RunLog:
     # ------------------------------------------------------------------ text log
     def info(self, msg: str, *args: Any) -> None:
         self.log.info(msg, *args)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        """A WARNING line in ``training.log`` (and on stderr, so a terminal run sees it too)."""
+        self.log.warning(msg, *args)
+        if self.is_main:
+            print(f"stonk: warning: {msg % args if args else msg}", file=sys.stderr)
 
     def header(self, config: dict, extra: dict | None = None) -> None:
         import torch

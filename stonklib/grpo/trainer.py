@@ -6,7 +6,7 @@ optimisation epoch per batch (μ = 1):
 1. take ``batch_size`` prompts (natural market mix for Stage II, balanced for Stage I);
 2. sample ``num_generations`` = G completions for each, all B×G in one batched call;
 3. score every completion with the five-part reward (:func:`stonklib.rewards.score`);
-4. normalise rewards within each group of G (:func:`stonklib.grpo.group_advantages`);
+4. normalise rewards within each group of G (:func:`stonklib.grpo.loss.group_advantages`);
 5. compute the policy's log-probs (with grad) and the reference's (the same model
    with the LoRA adapter disabled, no copy); with μ = 1 the "old" log-probs equal the
    current ones detached, so the ratio is 1 in value but carries the gradient. For
@@ -15,8 +15,8 @@ optimisation epoch per batch (μ = 1):
    default over dense base weights with the LoRA applied unmerged
    (:class:`stonklib.update.dense.DenseLogprobs`, ``dense_update``; its LoRA matmuls in the
    weights' dtype, ``lora_matmul_dtype``); other architectures use
-   the full forward (:func:`stonklib.sampling.rollout.completion_logprobs`);
-6. :func:`stonklib.grpo.grpo_loss` (clipped surrogate + β·k3 KL), backward with
+   the full forward (:func:`stonklib.update.head.completion_logprobs`);
+6. :func:`stonklib.grpo.loss.grpo_loss` (clipped surrogate + β·k3 KL), backward with
    gradient accumulation, clip the norm, AdamW, LR schedule. On one CUDA device with one
    micro-batch, steps 5-6 up to the backward pass replay a CUDA graph, captured for the longest
    batch seen and replayed for shorter ones padded up to it
@@ -61,9 +61,13 @@ from stonklib.grpo.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from stonklib.grpo.collapse import CollapseMonitor, step_counts, step_signals
+from stonklib.grpo.dynamic import RESAMPLE_SALT, Groups, refill
 from stonklib.grpo.loss import group_advantages, grpo_loss
 from stonklib.grpo.market import MarketStats
 from stonklib.grpo.runlog import RunLog
+from stonklib.grpo.schedule import batch_indices, make_scheduler, steps_per_epoch
+from stonklib.grpo.validation import answer_counts, answer_stats, greedy_answers
 from stonklib.models import adapters_off
 from stonklib.prompts import fit_prompt
 from stonklib.rewards import score
@@ -87,6 +91,8 @@ class StepResult:
     stats: dict[str, float]
     skipped: bool
     timings: dict[str, float] = field(default_factory=dict)
+    collapse: dict[str, float] = field(default_factory=dict)  # stonklib.grpo.collapse.step_counts of the first draw
+    dynamic: dict[str, float] = field(default_factory=dict)  # stonklib.grpo.dynamic.refill's counts (when on)
 
 
 class _PolicyLogprobs(torch.nn.Module):
@@ -109,9 +115,9 @@ class GRPOTrainer:
         self.log = runlog or RunLog(cfg.output_dir, cfg.stage, is_main=dist.is_main, tensorboard=cfg.tensorboard)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.steps_per_epoch = max(1, math.ceil(len(train) / (cfg.batch_size * dist.world)))
+        self.steps_per_epoch = steps_per_epoch(len(train), cfg.batch_size * dist.world)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self.scheduler = _make_scheduler(cfg, self.optimizer, self.total_steps)
+        self.scheduler = make_scheduler(cfg, self.optimizer, self.total_steps)
         self.sampler = sampler or HFSampler(policy, tokenizer)
         self.logprobs = pick_logprobs(policy, shared_prefix=cfg.shared_prefix_logprobs, dense=cfg.dense_update,
                                       sampler_weights=getattr(self.sampler, "weights", None),
@@ -120,7 +126,8 @@ class GRPOTrainer:
         self.forward = _PolicyLogprobs(policy, self.logprobs)
         self.loss = partial(grpo_loss, beta=cfg.kl_coef, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                             loss_type=cfg.loss_type, max_completion_length=cfg.max_new_tokens,
-                            kl_bias_correction=cfg.kl_bias_correction, stats_as_tensors=True)
+                            kl_bias_correction=cfg.kl_bias_correction, entropy_coef=cfg.entropy_coef,
+                            stats_as_tensors=True)
         self.graphed = None  # the update's passes and backward from CUDA graphs, where they apply
         if GraphedUpdate.usable(self.logprobs, self.device, micro_batches=cfg.grad_accum_steps, distributed=dist.enabled,
                                 graphs=cfg.update_graphs):
@@ -135,15 +142,14 @@ class GRPOTrainer:
                                                                      broadcast_buffers=False)
         self.reward_fn = reward_fn or self._five_part_reward
         self.market = MarketStats()
+        self.collapse = CollapseMonitor()
         self.step_num, self.best_val, self.skipped_updates = 0, -math.inf, 0
+        self.best_key = (-math.inf, -math.inf)  # (best_metric, val/reward) of best/
 
     # ------------------------------------------------------------------ data
     def batch_examples(self, step: int) -> list[Example]:
-        """This rank's prompts for ``step``: a slice of a per-epoch seeded permutation."""
-        n, per_step = len(self.train_set), self.cfg.batch_size * self.dist.world
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed + epoch)).tolist()
-        idx = [order[(pos * per_step + k) % n] for k in range(per_step)]
+        """This rank's prompts for ``step``: its slice of the global batch (a per-epoch seeded permutation)."""
+        idx = batch_indices(len(self.train_set), step, self.cfg.batch_size * self.dist.world, self.cfg.seed)
         mine = idx[self.dist.rank * self.cfg.batch_size:(self.dist.rank + 1) * self.cfg.batch_size]
         return [self.train_set[i] for i in mine]
 
@@ -158,13 +164,17 @@ class GRPOTrainer:
     def step(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[Example]) -> StepResult:
         cfg, G, t = self.cfg, self.cfg.num_generations, {}
         t0 = time.perf_counter()
-        roll = rollout(self.sampler, self.tok, prompt_ids, prompt_mask, G, max_new_tokens=cfg.max_new_tokens,
-                       temperature=cfg.temperature, top_p=cfg.top_p)
+        groups = self._sample(prompt_ids, prompt_mask, examples)
         t["sample_s"] = time.perf_counter() - t0
+        first = groups
+        dyn = {}
+        if cfg.dynamic_sampling:
+            t0 = time.perf_counter()
+            groups, dyn = refill(first, self._resample, cfg.max_resample_rounds, self.tok.pad_token_id)
+            t["resample_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        group_examples = [ex for ex in examples for _ in range(G)]
-        scored = [self.reward_fn(c, ex) for c, ex in zip(roll.texts, group_examples, strict=True)]
+        roll, scored = groups.rollout, groups.scores
         rewards = torch.tensor([s.total for s in scored], dtype=torch.float32)
         components = {k: torch.tensor([s.components[k] for s in scored]) for k in cfglib.REWARD_PARTS}
         advantages = group_advantages(rewards, G, scale=cfg.scale_rewards)
@@ -176,10 +186,31 @@ class GRPOTrainer:
         self.sampler.refresh(self.policy)
 
         predictions = [s.prediction.direction for s in scored]
+        group_examples = [ex for ex in groups.examples for _ in range(G)]
         delta = MarketStats()
         delta.update([ex.direction_1 for ex in group_examples], predictions)
-        return StepResult(roll, rewards, components, advantages, predictions, list(examples), delta,
-                          loss, stats, skipped, t)
+        # The collapse signals describe the policy's own sampling: the first draw, before any refill.
+        first_predictions = [s.prediction.direction for s in first.scores]
+        counts = step_counts(torch.tensor([s.total for s in first.scores]), G, first.rollout.texts, first_predictions,
+                             [ex.direction_1 for ex in first.examples for _ in range(G)])
+        return StepResult(roll, rewards, components, advantages, predictions, list(groups.examples), delta,
+                          loss, stats, skipped, t, counts, dyn)
+
+    def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[Example]) -> Groups:
+        """G completions for each prompt, in one batched call, scored."""
+        cfg, G = self.cfg, self.cfg.num_generations
+        roll = rollout(self.sampler, self.tok, prompt_ids, prompt_mask, G, max_new_tokens=cfg.max_new_tokens,
+                       temperature=cfg.temperature, top_p=cfg.top_p)
+        group_examples = [ex for ex in examples for _ in range(G)]
+        scores = [self.reward_fn(c, ex) for c, ex in zip(roll.texts, group_examples, strict=True)]
+        return Groups(roll, scores, list(examples), G)
+
+    def _resample(self, round_: int) -> Groups:
+        """Dynamic sampling's extra groups for this step's round ``round_``: prompts from their own seeded order."""
+        per_step = self.cfg.batch_size * self.dist.world
+        idx = batch_indices(len(self.train_set), self.step_num, per_step, self.cfg.seed + (round_ + 1) * RESAMPLE_SALT)
+        mine = [self.train_set[i] for i in idx[self.dist.rank * self.cfg.batch_size:(self.dist.rank + 1) * self.cfg.batch_size]]
+        return self._sample(*self.encode(mine), mine)
 
     def _five_part_reward(self, completion: str, example: Example):
         class_freq = self.market.class_freq() if self.cfg.bias_adaptation else None
@@ -275,34 +306,38 @@ class GRPOTrainer:
             if self.step_num % cfg.save_steps == 0 or epoch_end or self.step_num == self.total_steps:
                 self.save()
         bar.close()
-        summary = {"steps": self.step_num, "best_val_reward": self.best_val, "skipped_updates": self.skipped_updates,
+        summary = {"steps": self.step_num, "best_metric": self.cfg.best_metric, "best_val": self.best_val,
+                   "skipped_updates": self.skipped_updates, "collapse_warnings": self.collapse.warnings,
                    "market": self.market.to_dict()}
         self.log.info("done %s", summary)
         return summary
 
     def _log_step(self, step: int, res: StepResult, seconds: float) -> dict[str, float]:
-        """Aggregate over ranks, write the JSONL rows and the scalars (rank 0)."""
-        groups = res.rewards.view(-1, self.cfg.num_generations)
-        flat = (groups == groups[:, :1]).all(1).sum()  # groups with one reward for all G: no policy gradient
-        n = torch.tensor([len(res.rewards), res.rollout.n_completion_tokens, float(flat), groups.shape[0]],
+        """Aggregate over ranks, write the JSONL rows and the scalars (rank 0), and watch for collapse."""
+        keys = sorted(res.collapse)
+        n = torch.tensor([len(res.rewards), res.rollout.n_completion_tokens, *(res.collapse[k] for k in keys)],
                          dtype=torch.float64)
         sums = torch.stack([res.rewards.sum().double()] + [res.components[k].sum().double() for k in cfglib.REWARD_PARTS])
         n, sums = D.all_reduce_sum(n, self.dist), D.all_reduce_sum(sums, self.dist)
         self.market = self.market + _sync_market(res.market, self.dist)
         scalars = {"reward/total": float(sums[0] / n[0])}
         scalars |= {f"reward/{k}": float(sums[i + 1] / n[0]) for i, k in enumerate(cfglib.REWARD_PARTS)}
-        scalars["reward/zero_std_groups"] = float(n[2] / n[3])
+        scalars |= step_signals(dict(zip(keys, n[2:].tolist(), strict=True)))
         scalars |= {k: v for k, v in res.stats.items()} | {"loss": res.loss, "lr": self.scheduler.get_last_lr()[0]}
         scalars |= {"tokens_per_s": float(n[1]) / max(seconds, 1e-9), "step_s": seconds,
                     "epoch": step / self.steps_per_epoch, "skipped_updates": self.skipped_updates}
+        scalars |= {f"dynamic/{k}": v for k, v in D.mean_over_ranks(res.dynamic, self.dist).items()}
         scalars |= {f"market/{k}": v for k, v in self.market.to_dict().items() if isinstance(v, float)}
         scalars |= {f"time/{k}": v for k, v in res.timings.items()}
+        warning = self.collapse.update(step + 1, scalars)
         rows = D.gather_to_main(self._completion_rows(step, res), self.dist)
         if self.dist.is_main:
             self.log.completions([r for rank_rows in rows for r in rank_rows])
             if step % self.cfg.logging_steps == 0:
                 self.log.scalars(step + 1, scalars)
             self.market.save(Path(self.cfg.output_dir) / "market_stats.json")
+            if warning:
+                self.log.warning(warning)
         return scalars
 
     def _completion_rows(self, step: int, res: StepResult) -> list[dict]:
@@ -322,25 +357,21 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ eval / save / resume
     @torch.no_grad()
     def validation_reward(self) -> dict[str, float]:
-        """Greedy completions on the first ``max_eval_samples`` val examples (split over ranks)."""
+        """Greedy answers to the first ``max_eval_samples`` val examples (split over ranks), scored.
+
+        ``val/*`` keys of :func:`stonklib.grpo.validation.answer_stats`. A predicted-up rate of 0 or 1 means
+        one answer for every prompt: the market-bias failure to watch.
+        """
         exs = self.val_set[: self.cfg.max_eval_samples][self.dist.rank::self.dist.world]
-        tot, market = torch.zeros(3, dtype=torch.float64), MarketStats()  # n, reward, well-formatted
-        for i in range(0, len(exs), max(1, self.cfg.batch_size * self.cfg.num_generations)):
-            chunk = exs[i:i + self.cfg.batch_size * self.cfg.num_generations]
-            ids, mask = self.encode(chunk)
-            roll = rollout(self.sampler, self.tok, ids, mask, 1,
-                           max_new_tokens=self.cfg.max_new_tokens, greedy=True)
-            scored = [self.reward_fn(text, ex) for text, ex in zip(roll.texts, chunk, strict=True)]
-            tot += torch.tensor([len(scored), sum(s.total for s in scored),
-                                 sum(s.components["format"] > 0 for s in scored)], dtype=torch.float64)
-            market.update([ex.direction_1 for ex in chunk], [s.prediction.direction for s in scored])
-        tot, market = D.all_reduce_sum(tot, self.dist), _sync_market(market, self.dist)
-        n = max(float(tot[0]), 1.0)
+        texts = greedy_answers(self.sampler, self.tok, exs, self.encode, batch=self.cfg.batch_size * self.cfg.num_generations,
+                               max_new_tokens=self.cfg.max_new_tokens)
+        counts = answer_counts(texts, exs, [self.reward_fn(t, ex) for t, ex in zip(texts, exs, strict=True)])
+        if self.dist.enabled:
+            keys = [k for k in counts if k != "market"]
+            summed = D.all_reduce_sum(torch.tensor([float(counts[k]) for k in keys], dtype=torch.float64), self.dist)
+            counts = dict(zip(keys, summed.tolist(), strict=True)) | {"market": _sync_market(counts["market"], self.dist)}
         nan = lambda x: math.nan if x is None else x  # noqa: E731
-        # A predicted-up rate of 0 or 1 means one answer for every prompt: the market-bias failure to watch.
-        return {"val/reward": float(tot[1]) / n, "val/format_rate": float(tot[2]) / n,
-                "val/accuracy": nan(market.accuracy), "val/parse_rate": nan(market.parse_rate),
-                "val/predicted_up_rate": nan(market.predicted_up_rate)}
+        return {f"val/{k}": nan(v) for k, v in answer_stats(counts).items()}
 
     def _evaluate_and_keep_best(self) -> None:
         if not self.val_set:
@@ -349,13 +380,17 @@ class GRPOTrainer:
         if self.dist.is_main:
             self.log.scalars(self.step_num, metrics)
             self.log.info("step %d validation %s", self.step_num, metrics)
-        if metrics["val/reward"] > self.best_val:
-            self.best_val = metrics["val/reward"]
+        # The best metric first; undefined (NaN: no parsed answer yet) ranks lowest, the validation reward breaks ties.
+        value = metrics[self.cfg.best_metric]
+        key = (value if math.isfinite(value) else -math.inf, metrics["val/reward"])
+        if key > self.best_key:
+            self.best_key, self.best_val = key, value
             self.save(Path(self.cfg.output_dir) / "best")
 
     def state(self) -> dict[str, Any]:
         return {"step": self.step_num, "epoch": self.step_num // self.steps_per_epoch,
-                "data_position": self.step_num % self.steps_per_epoch, "best_val_reward": self.best_val,
+                "data_position": self.step_num % self.steps_per_epoch, "best_metric": self.cfg.best_metric,
+                "best_val": self.best_val, "best_key": list(self.best_key), "collapse": self.collapse.to_dict(),
                 "skipped_updates": self.skipped_updates, "market": self.market.to_dict(),
                 "log_offsets": self.log.offsets(), "world_size": self.dist.world, "total_steps": self.total_steps,
                 "global_batch": self.cfg.batch_size * self.dist.world}
@@ -378,7 +413,8 @@ class GRPOTrainer:
 
     def _resume(self) -> None:
         ckpt = D.broadcast(latest_checkpoint(self.cfg.output_dir), self.dist)  # rank 0's view decides
-        if ckpt is None:
+        if ckpt is None:  # nothing to continue: start again with empty logs, so no line is written twice
+            self.log.truncate({})
             self.log.info("resume: no complete checkpoint in %s, starting fresh", self.cfg.output_dir)
             return
         if not ckpt.is_dir():
@@ -387,7 +423,11 @@ class GRPOTrainer:
         check_global_batch(json.loads((ckpt / "trainer_state.json").read_text()), self.cfg, self.dist, ckpt)
         load_adapter_weights(self.policy, ckpt)
         state = load_training_state(ckpt, self.optimizer, self.scheduler)
-        self.step_num, self.best_val = state["step"], state["best_val_reward"]
+        self.step_num, self.best_val = state["step"], state.get("best_val", -math.inf)
+        self.best_key = tuple(state.get("best_key", (-math.inf, -math.inf)))
+        if state.get("best_metric") != self.cfg.best_metric:  # another metric now picks best/: start its record afresh
+            self.best_val, self.best_key = -math.inf, (-math.inf, -math.inf)
+        self.collapse = CollapseMonitor.from_dict(state.get("collapse"))
         self.skipped_updates = state["skipped_updates"]
         self.market = MarketStats.from_dict(state["market"])
         self.log.truncate(state["log_offsets"])
@@ -400,11 +440,3 @@ def _sync_market(market: MarketStats, d: D.Dist) -> MarketStats:
     if not d.enabled:
         return market
     return MarketStats.from_tensor(D.all_reduce_sum(market.as_tensor(), d))
-
-
-def _make_scheduler(cfg: cfglib.TrainConfig, optimizer, total_steps: int):
-    from transformers import get_scheduler
-
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_scheduler]
-    return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                         num_training_steps=total_steps)

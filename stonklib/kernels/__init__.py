@@ -7,7 +7,7 @@ which the trainer sets from ``TrainConfig.triton_kernels``.
 
 Why: at 16 rows of a 1.5B model the plain-torch decoder's attention is about nine small kernels per
 layer (RoPE, two cache writes, a masked batched matmul, softmax, casts, a second batched matmul), and
-a decode step is bound by launching them (``docs/performance.md`` has the profile).
+a decode step is bound by launching them (``benchmarks/RESULTS.md`` has the profile).
 
 :func:`decode_attention` does RoPE on q and the new k, writes the new k/v into the cache, and
 attends over the cache in one split-KV kernel plus one combine kernel per layer. Only cache slots

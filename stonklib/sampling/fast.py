@@ -1,7 +1,7 @@
 """FastSampler: batched sampling from a dense copy of the merged policy, graph-captured on CUDA.
 
 Why: eager ``generate`` on a 1.5B model is bound by launching kernels, one layer at a time, from
-Python: a token step takes many times what reading the weights once takes (``docs/performance.md``).
+Python: a token step takes many times what reading the weights once takes (``benchmarks/RESULTS.md``).
 Here one decode step
 (forward, EOS masking for ``min_new_tokens``, temperature/top-p sampling, EOS bookkeeping) is one
 CUDA-graph replay, and the host checks whether every row has finished only every

@@ -42,6 +42,31 @@ class Rollout:
     def n_completion_tokens(self) -> int:
         return int(self.completion_mask.sum())
 
+    def rows(self, index: list[int]) -> Rollout:
+        """The rollout of rows ``index`` (in that order)."""
+        i = torch.tensor(index, dtype=torch.long, device=self.prompt_ids.device)
+        return Rollout(self.prompt_ids[i], self.prompt_mask[i], self.completion_ids[i], self.completion_mask[i],
+                       [self.texts[k] for k in index])
+
+    @staticmethod
+    def concat(parts: list[Rollout], pad_id: int) -> Rollout:
+        """Rollouts of possibly different prompt and completion lengths as one: prompts re-padded on the
+        left and completions on the right (with ``pad_id``, mask 0), so every row keeps its tokens and positions."""
+        if len(parts) == 1:
+            return parts[0]
+        P = max(r.prompt_ids.shape[1] for r in parts)
+        C = max(r.completion_ids.shape[1] for r in parts)
+
+        def pad(t: torch.Tensor, width: int, left: bool, value: int) -> torch.Tensor:
+            extra = width - t.shape[1]
+            return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
+
+        return Rollout(torch.cat([pad(r.prompt_ids, P, True, pad_id) for r in parts]),
+                       torch.cat([pad(r.prompt_mask, P, True, 0) for r in parts]),
+                       torch.cat([pad(r.completion_ids, C, False, pad_id) for r in parts]),
+                       torch.cat([pad(r.completion_mask, C, False, 0) for r in parts]),
+                       [t for r in parts for t in r.texts])
+
 
 class Sampler(Protocol):
     def refresh(self, model) -> None:

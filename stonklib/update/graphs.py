@@ -2,7 +2,7 @@
 
 An update of a 1.5B model is thousands of small kernel launches (reference pass, policy pass, loss,
 checkpoint recompute and backward). Launched eagerly, the host time for those launches, not the GPU,
-sets the pace, and it moves from step to step (``docs/performance.md`` has the counts and times).
+sets the pace, and it moves from step to step (``benchmarks/RESULTS.md`` has the counts and times).
 :class:`GraphedUpdate` captures them once per shape and replays them with one launch:
 
 1. the reference log-probs (no grad, adapters off), when the KL term needs them;

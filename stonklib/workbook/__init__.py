@@ -31,9 +31,18 @@ from stonklib.workbook.notebook import (
     parameters_source,
     setup_notebook,
 )
-from stonklib.workbook.training import checkpoint_table, read_metrics, run_training_live
+from stonklib.workbook.training import (
+    before_after,
+    checkpoint_table,
+    read_metrics,
+    run_chain_live,
+    run_training_live,
+    run_warmup_live,
+    warmup_config,
+    warmup_progress,
+)
 
-__all__ = ["breakdown_table", "checkpoint_table", "comparison_table", "config_from", "equity_curves",
+__all__ = ["before_after", "breakdown_table", "checkpoint_table", "comparison_table", "config_from", "equity_curves",
            "evaluation_plan", "figure_png", "fresh_output_dir", "load_tokenizer_for", "parameters_source",
-           "prediction_frames", "read_metrics", "run_config", "run_plan", "run_training_live", "setup_notebook",
-           "stage1_model_of", "stage1_note"]
+           "prediction_frames", "read_metrics", "run_chain_live", "run_config", "run_plan", "run_training_live",
+           "run_warmup_live", "setup_notebook", "stage1_model_of", "stage1_note", "warmup_config", "warmup_progress"]

@@ -44,13 +44,13 @@ def stage1_model_of(adapter: str | Path | None, base_model: str | None) -> str |
 
 
 def evaluation_plan(cfg) -> dict[str, Any]:
-    """name -> EvalConfig for ``base``, ``stage1`` and ``stage2`` (those that exist), in run order.
+    """name -> EvalConfig for ``base``, ``stage1`` or ``warmup``, and ``stage2`` (those that exist), in run order.
 
     All share ``cfg``'s split, limit and generation settings, so they score the
     same rows, and each writes to ``cfg.out/<name>``. ``cfg.adapter`` is named by
     the stage its run's ``config.yaml`` records. A Stage II adapter is evaluated
-    on top of the model it was trained from (its Stage I model, or the base
-    model), and its ``base_predictions`` are that model's predictions, so its
+    on top of the model it was trained from (its Stage I model, the format
+    warm-up's adapter, or the base model), and its ``base_predictions`` are that model's predictions, so its
     ``base_model`` baseline and ensemble compare against what it started from.
     """
     if cfg.model is None:
@@ -65,9 +65,10 @@ def evaluation_plan(cfg) -> dict[str, Any]:
         plan["stage1"] = dataclasses.replace(cfg, predictions=None, out=str(out / "stage1"), base_predictions=base_preds)
         return plan
     stage1 = stage1_model_of(cfg.adapter, cfg.model)
-    if stage1:
-        plan["stage1"] = dataclasses.replace(plain, model=stage1, out=str(out / "stage1"))
-    under = "stage1" if stage1 else "base"
+    under = "base"
+    if stage1:  # the model Stage II started from: a Stage I run, or the format warm-up
+        under = "warmup" if "direction_source" in run_config(stage1) else "stage1"
+        plan[under] = dataclasses.replace(plain, model=stage1, out=str(out / under))
     plan["stage2"] = dataclasses.replace(cfg, model=stage1 or cfg.model, predictions=None, out=str(out / "stage2"),
                                          base_predictions=str(Path(plan[under].out) / "predictions.jsonl"))
     return plan
@@ -146,6 +147,10 @@ def stage1_note(plan: dict[str, Any]) -> str:
     if "stage1" in plan:
         return (f"Stage II (`{plan['stage2'].adapter}`) was evaluated on top of its Stage I model "
                 f"`{plan['stage1'].model}`; its base-model baseline and ensemble are against Stage I.")
+    if "warmup" in plan:
+        return (f"The GRPO adapter `{plan['stage2'].adapter}` was trained from the format warm-up's adapter "
+                f"`{plan['warmup'].model}` (on the base model `{base}`), and is evaluated on top of it; the `warmup` "
+                f"row is the warm-up alone, so the GRPO stage's own effect is the difference between the two.")
     return (f"No Stage I model is configured: the Stage II adapter `{plan['stage2'].adapter}` was trained directly "
             f"on the base model `{base}`, so there is no Stage I row; its base-model baseline is the base model.")
 

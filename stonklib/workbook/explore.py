@@ -59,6 +59,20 @@ def prepare_data(cfg, progress: bool = False) -> Path:
     return out
 
 
+def planted_rule(data_dir: str | Path | None) -> str | None:
+    """The planted rule of a built data directory (``stonk data build --plant``), or None for market labels.
+
+    ``None`` means the default data (``stonk`` builds it on first use); a directory that is not built
+    yet has no summary to read either, so it counts as market data until it is.
+    """
+    from stonklib.data import ensure_data
+
+    try:
+        return load_summary(ensure_data(data_dir, progress=False)).get("planted")
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def load_frames(data_dir: str | Path, columns: tuple[str, ...] = COLUMNS) -> dict[str, pd.DataFrame]:
     """The three splits with only ``columns`` (fast: no history), each with a ``month`` column (YYYY-MM)."""
     frames = {}

@@ -16,14 +16,26 @@ import numpy as np
 import pandas as pd
 
 from stonklib.config import REWARD_PARTS
+from stonklib.grpo.collapse import DISTINCT_LIMIT, WINDOW, ZERO_STD_LIMIT, collapse_steps
 
 MARKER = "## Findings"
 SMALL_N = 100  # below this many rows an accuracy's 95% interval is wider than +/- 10 points
 FEW_STEPS = 20  # fewer optimizer steps than this cannot show a trend
 
 
-def _md(bullets: list[str]) -> str:
-    return MARKER + "\n\n" + "\n".join(f"- {b}" for b in bullets if b) + "\n"
+def _md(bullets: list[str], planted: str | None = None) -> str:
+    return MARKER + "\n\n" + planted_banner(planted) + "\n".join(f"- {b}" for b in bullets if b) + "\n"
+
+
+def planted_banner(planted: str | None) -> str:
+    """The banner every page built on planted labels carries (``stonk data build --plant``); '' for real data."""
+    if not planted:
+        return ""
+    from stonklib.data.planted import PLANTED_RULES
+
+    rule = PLANTED_RULES.get(planted, ("", planted))[1]
+    return (f"> **Planted signal, not market data.** The labels follow the `{planted}` rule ({rule}), so what "
+            "these numbers measure is whether the loop can learn a rule it is shown, not skill at the market.\n\n")
 
 
 def _pct(x: float | None) -> str:
@@ -36,7 +48,7 @@ def _num(x: float | None, fmt: str = ".2f") -> str:
 
 # ----------------------------------------------------------------------- 01
 def data_findings(source: str, splits: pd.DataFrame, by_sector: pd.DataFrame, by_month: pd.DataFrame,
-                  returns: pd.DataFrame, mix: pd.DataFrame, leakage: pd.DataFrame) -> str:
+                  returns: pd.DataFrame, mix: pd.DataFrame, leakage: pd.DataFrame, planted: str | None = None) -> str:
     """From :mod:`stonklib.workbook.explore`'s tables: the mix, where it varies, the tails, the sampling, the checks."""
     tr = splits.loc["train"]
     lean = "up" if tr["up"] > 0.5 else "down"
@@ -79,11 +91,11 @@ def data_findings(source: str, splits: pd.DataFrame, by_sector: pd.DataFrame, by
     passed = int(leakage["passed"].sum())
     b.append(f"Leakage checks: {passed} of {len(leakage)} passed"
              + ("." if passed == len(leakage) else f"; failing: {', '.join(leakage.index[~leakage['passed']])}."))
-    return _md(b)
+    return _md(b, planted)
 
 
 # ----------------------------------------------------------------------- 02
-def prompt_findings(stats: pd.DataFrame, max_prompt_tokens: int, prompt_version: str) -> str:
+def prompt_findings(stats: pd.DataFrame, max_prompt_tokens: int, prompt_version: str, planted: str | None = None) -> str:
     """From :func:`stonklib.prompts.token_stats` over several template versions."""
     g = stats.groupby("version", sort=False)
     med = g["n_tokens_full"].median()
@@ -104,12 +116,12 @@ def prompt_findings(stats: pd.DataFrame, max_prompt_tokens: int, prompt_version:
         b.append(f"The configured template `{prompt_version}` is truncated for {_pct(trunc[prompt_version])} of "
                  f"prompts at this limit" + (": raise max_prompt_tokens or shorten the template."
                                             if trunc[prompt_version] > 0.05 else "."))
-    return _md(b)
+    return _md(b, planted)
 
 
 # ----------------------------------------------------------------------- 03
 def reward_findings(table: pd.DataFrame, parts: pd.DataFrame, corr: pd.DataFrame, zero_var: pd.DataFrame,
-                    probes: pd.DataFrame, sensitivity: pd.DataFrame, num_generations: int) -> str:
+                    probes: pd.DataFrame, sensitivity: pd.DataFrame, num_generations: int, planted: str | None = None) -> str:
     """From the :mod:`stonklib.workbook.reward_lab` tables."""
     n, groups = len(table), table["group"].nunique()
     parsed = float((table["predicted"] != "unknown").mean())
@@ -144,7 +156,7 @@ def reward_findings(table: pd.DataFrame, parts: pd.DataFrame, corr: pd.DataFrame
                                    if num_generations in zero_var.index else 0.0))
     if groups < 10:
         b.append(f"Only {groups} prompts were sampled: read these shares as a smoke check, not an estimate.")
-    return _md(b)
+    return _md(b, planted)
 
 
 def _sensitivity_sentence(sensitivity: pd.DataFrame, flat_now: float) -> str:
@@ -169,13 +181,57 @@ def _sensitivity_sentence(sensitivity: pd.DataFrame, flat_now: float) -> str:
 
 
 # ----------------------------------------------------------------------- 04
-def training_findings(metrics: pd.DataFrame, checkpoints: pd.DataFrame, summary: Mapping[str, Any]) -> str:
-    """From the per-step metrics, the checkpoint table and ``run_training``'s summary."""
+def warmup_findings(progress: pd.DataFrame) -> list[str]:
+    """Bullets on the warm-up from its validation table (:func:`stonklib.workbook.warmup_progress`); [] without one."""
+    if not len(progress) or "val/parse_rate" not in progress:
+        return []
+    first, last = progress.iloc[0], progress.iloc[-1]
+    b = [f"The format warm-up took the greedy validation answers' parse rate from {_pct(first['val/parse_rate'])} "
+         f"(step {int(progress.index[0])}) to {_pct(last['val/parse_rate'])} (step {int(progress.index[-1])}), "
+         f"their mean data_utilization from {_num(first.get('val/data_utilization'))} to "
+         f"{_num(last.get('val/data_utilization'))} (3 = five grounded values cited)."]
+    up, distinct = last.get("val/predicted_up_rate"), last.get("val/distinct_day1_share")
+    if up is not None and np.isfinite(up):
+        b.append(f"After it, {_pct(up)} of the parsed answers say up and {_pct(distinct)} of the day-1 answers are "
+                 "distinct" + (": the answers vary with the prompt." if 0.3 <= up <= 0.7 and distinct >= 0.5 else
+                                "; answers this uniform leave GRPO little to compare within a group."))
+    return b
+
+
+def _collapse_sentence(metrics: pd.DataFrame) -> str:
+    """What the collapse signals say (the rule of :class:`stonklib.grpo.collapse.CollapseMonitor`), or ''."""
+    flat = metrics.get("reward/zero_std_groups", pd.Series(dtype=float))
+    distinct = metrics.get("completions/distinct_share", pd.Series(1.0, index=flat.index, dtype=float))
+    both = pd.concat([flat, distinct], axis=1).dropna()
+    if not len(both):
+        return ""
+    hits = collapse_steps(both.iloc[:, 0].tolist(), both.iloc[:, 1].tolist())
+    if hits:
+        at = int(both.index[hits[0]])
+        wrong = metrics.get("reward/zero_std_wrong_groups", pd.Series(dtype=float)).dropna()
+        right_note = (f" In the last steps {_pct(wrong.tail(5).mean())} of the groups were spread-free *and* wrong."
+                      if len(wrong) else "")
+        return (f"Collapse: from step {at} on, for {WINDOW} steps in a row, at least {ZERO_STD_LIMIT:.0%} of the groups "
+                f"gave all G completions the same reward or at most {DISTINCT_LIMIT:.0%} of the completions were "
+                f"distinct, so GRPO had (almost) nothing to learn from; training.log warned.{right_note} Spread-free "
+                "groups that are right mean a solved task; wrong ones mean learning has stalled: raise the "
+                "temperature, G or entropy_coef, or try dynamic_sampling.")
+    if len(flat.dropna()) and flat.dropna().tail(5).mean() >= 0.8:
+        return (f"In the last steps {_pct(flat.dropna().tail(5).mean())} of the groups gave all G completions the same "
+                "reward, so they carry no policy gradient: learning has stalled (often every completion is the "
+                "same text). Raise the temperature or G, or change the reward.")
+    return ""
+
+
+def training_findings(metrics: pd.DataFrame, checkpoints: pd.DataFrame, summary: Mapping[str, Any],
+                      warmup: pd.DataFrame | None = None, planted: str | None = None) -> str:
+    """From the per-step metrics, the checkpoint table, ``run_training``'s summary and the warm-up's table."""
     steps = int(summary.get("steps", len(metrics)))
+    pre = warmup_findings(warmup) if warmup is not None else []
     if not len(metrics):
-        return _md([f"{steps} steps ran but no metrics were logged."])
+        return _md([*pre, f"{steps} steps ran but no metrics were logged."], planted)
     r = metrics["reward/total"].dropna()
-    b = [f"{steps} optimizer steps; total reward {_num(r.iloc[0])} at step {int(r.index[0])} and "
+    b = [*pre, f"{steps} GRPO optimizer steps; total reward {_num(r.iloc[0])} at step {int(r.index[0])} and "
          f"{_num(r.iloc[-1])} at step {int(r.index[-1])} (mean {_num(r.mean())})."]
     parts = [f"reward/{k}" for k in REWARD_PARTS if f"reward/{k}" in metrics]  # not reward/zero_std_groups
     if parts and len(r) > 1:
@@ -196,26 +252,23 @@ def training_findings(metrics: pd.DataFrame, checkpoints: pd.DataFrame, summary:
                     "(no strong directional bias)."))
     else:
         b.append("No completion gave a parsable direction, so the predicted up-rate is undefined.")
-    flat = metrics.get("reward/zero_std_groups", pd.Series(dtype=float)).dropna()
-    if len(flat) and flat.tail(5).mean() >= 0.8:
-        b.append(f"In the last steps {_pct(flat.tail(5).mean())} of the groups gave all G completions the same "
-                 "reward, so they carry no policy gradient: learning has stalled (often every completion is the "
-                 "same text). Raise the temperature or G, or change the reward.")
+    b.append(_collapse_sentence(metrics))
     vu = metrics.get("val/predicted_up_rate", pd.Series(dtype=float)).dropna()
     if len(vu) and vu.iloc[-1] in (0.0, 1.0):
         b.append(f"At the last validation every parsed held-out answer said {'up' if vu.iloc[-1] else 'down'}: "
                  "a constant prediction, whatever its accuracy.")
-    best = summary.get("best_val_reward")
+    best = summary.get("best_val", summary.get("best_val_reward"))
+    metric = summary.get("best_metric", "val/reward")
     ck = ", ".join(str(i) for i in checkpoints.index) or "none"
-    b.append(f"Saved: {ck}" + (f"; best validation reward {_num(best)}." if best is not None and np.isfinite(best)
-                               else "."))
+    b.append(f"Saved: {ck}" + (f"; best/ holds the best `{metric}`, {_num(best)}." if best is not None and
+                               np.isfinite(best) else "."))
     if steps < FEW_STEPS:
         b.append(f"{steps} steps cannot show a trend: any change above is noise. This run checks the pipeline.")
-    return _md(b)
+    return _md(b, planted)
 
 
 # ----------------------------------------------------------------------- 05
-def evaluation_findings(results: Mapping[str, Mapping[str, Any]], stage1_note: str) -> str:
+def evaluation_findings(results: Mapping[str, Mapping[str, Any]], stage1_note: str, planted: str | None = None) -> str:
     """From notebook 05's evaluations (name -> metrics from ``run_evaluate``)."""
     b = []
     for name, m in results.items():
@@ -234,4 +287,4 @@ def evaluation_findings(results: Mapping[str, Mapping[str, Any]], stage1_note: s
     if n < SMALL_N:
         b.append(f"Each model was scored on {n} rows: a 95% interval is roughly +/- {100 * 1.96 * 0.5 / np.sqrt(max(n, 1)):.0f} "
                  f"points wide, so only a very large effect could show. Raise `limit` for a real answer.")
-    return _md(b)
+    return _md(b, planted)

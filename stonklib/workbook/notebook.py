@@ -74,18 +74,34 @@ def config_from(cls, namespace: Mapping[str, Any], **overrides: Any):
 
 
 def parameters_source(cls, values: Mapping[str, Any] | None = None, comments: Mapping[str, str] | None = None,
-                      header: str = "") -> str:
+                      header: str = "", nested: Mapping[str, tuple[type, Mapping[str, Any] | None, str]] | None = None) -> str:
     """A notebook parameters cell for ``cls``: ``name = value  # comment`` for every field, in declaration order.
 
     ``values`` override the dataclass defaults (each must be a Python literal, as papermill needs);
     ``comments`` override the first sentence of the field's ``help`` metadata. ``header`` is a first
-    comment line.
+    comment line. ``nested`` adds, after the fields, one dict parameter per entry ``name: (config class,
+    its values or None, comment)``: the dict lists every field of that class, one per line (notebook 04's
+    ``warmup``, the YAML's ``warmup:`` section), or the parameter is ``None``.
     """
+    lines = [f"# {header}"] if header else []
+    lines += [f"{name} = {text}" + (f"  # {note}" if note else "") for name, text, note in _field_lines(cls, values, comments)]
+    for name, (sub, sub_values, note) in (nested or {}).items():
+        if sub_values is None:
+            lines.append(f"{name} = None  # {note}")
+            continue
+        lines.append(f"{name} = {{  # {note}")
+        lines += [f"    {json.dumps(k)}: {text}," + (f"  # {c}" if c else "") for k, text, c in _field_lines(sub, sub_values, {})]
+        lines.append("}")
+    return "\n".join(lines)
+
+
+def _field_lines(cls, values: Mapping[str, Any] | None, comments: Mapping[str, str] | None) -> list[tuple[str, str, str]]:
+    """(name, literal, comment) for every field of ``cls``: ``values`` over the defaults, ``comments`` over the help."""
     values, comments = values or {}, comments or {}
     unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise ValueError(f"{sorted(unknown)} are not {cls.__name__} fields; use its field names.")
-    lines = [f"# {header}"] if header else []
+    out = []
     for f in dataclasses.fields(cls):
         if f.name in values:
             value = values[f.name]
@@ -96,37 +112,41 @@ def parameters_source(cls, values: Mapping[str, Any] | None = None, comments: Ma
         text = _literal(value)
         if ast.literal_eval(text) != value:  # a papermill parameter must be a literal
             raise ValueError(f"{cls.__name__}.{f.name} = {value!r} is not a plain Python literal.")
-        note = comments.get(f.name) or _shortened(f.metadata.get("help", ""))
-        lines.append(f"{f.name} = {text}" + (f"  # {note}" if note else ""))
-    return "\n".join(lines)
+        out.append((f.name, text, comments.get(f.name) or _shortened(f.metadata.get("help", ""))))
+    return out
 
 
-def sync_parameters_cell(path: str | Path, cls) -> bool:
+def sync_parameters_cell(path: str | Path, cls, nested: Mapping[str, tuple[type, str]] | None = None) -> bool:
     """Rewrite a notebook's parameters cell so it lists every field of ``cls`` again; True if it changed.
 
     Values and comments already in the cell are kept for fields that still exist; new fields get their
-    default and the first words of their help text; fields that are gone are dropped. Run it after
+    default and the first words of their help text; fields that are gone are dropped. ``nested`` names
+    dict parameters (``{"warmup": (WarmupConfig, comment)}``) kept the same way, key by key. Run it after
     adding a config field to the notebooks that mirror their config (01, 04 and 05)::
 
         python -c "from stonklib.workbook.notebook import sync_parameters_cell as s; from stonklib.config import \
-TrainConfig; s('notebooks/04_grpo_training.ipynb', TrainConfig)"
+TrainConfig, WarmupConfig; s('notebooks/04_grpo_training.ipynb', TrainConfig, {'warmup': (WarmupConfig, '...')})"
     """
     import nbformat
 
     nb = nbformat.read(str(path), as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", []))
     names = {f.name for f in dataclasses.fields(cls)}
-    values, comments, header = {}, {}, ""
-    for line in cell.source.splitlines():
-        if line.startswith("#") and not values and not header:
-            header = line.lstrip("# ").strip()
-            continue
-        code, _, note = line.partition("  # ")
-        name, eq, value = code.partition(" = ")
-        if eq and name.strip() in names:
-            values[name.strip()] = ast.literal_eval(value.strip())
-            comments[name.strip()] = note.strip()
-    source = parameters_source(cls, values, {k: v for k, v in comments.items() if v}, header)
+    lines = cell.source.splitlines()
+    header = lines[0].lstrip("# ").strip() if lines and lines[0].startswith("#") else ""
+    values, comments, nested_values = {}, {}, {}
+    for stmt in ast.parse(cell.source).body:
+        name = stmt.targets[0].id
+        value = ast.literal_eval(stmt.value)
+        if name in names:
+            values[name] = value
+            comments[name] = lines[stmt.lineno - 1].partition("  # ")[2].strip()
+        elif nested and name in nested:
+            sub = nested[name][0]
+            nested_values[name] = None if value is None else {k: v for k, v in value.items()
+                                                              if k in {f.name for f in dataclasses.fields(sub)}}
+    extra = {k: (sub, nested_values.get(k, {}), note) for k, (sub, note) in (nested or {}).items()}
+    source = parameters_source(cls, values, {k: v for k, v in comments.items() if v}, header, extra)
     if source == cell.source:
         return False
     cell.source = source
@@ -150,7 +170,7 @@ def _literal(v: Any) -> str:
 def _shortened(text: str, width: int = 100) -> str:
     text = " ".join(text.split()).rstrip(".")
     first = text.split(" ", 1)[0]
-    if first[:1].isupper() and first[1:].islower():  # "Sample ..." -> "sample ...", not "LoRA" or "AdamW"
+    if first[:1].isupper() and (first[1:].islower() or len(first) == 1):  # "Sample ..." -> "sample ...", not "LoRA"
         text = text[0].lower() + text[1:]
     return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 

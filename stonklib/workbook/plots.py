@@ -243,3 +243,15 @@ def plot_training_overview(metrics: pd.DataFrame, title: str = "GRPO training") 
     plot_metric_curves(metrics, TRAINING_PANELS[4][1], ax=axes[5], title=TRAINING_PANELS[4][0])
     fig.suptitle(title)
     return fig
+
+
+def plot_warmup(metrics: pd.DataFrame, title: str = "Format warm-up") -> Figure:
+    """The warm-up's target-token loss, and its validation answers' format, parse rate, up-rate and variety."""
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    ax_loss, ax_val = fig.subplots(1, 2)
+    plot_metric_curves(metrics, ["loss"], ax=ax_loss, title="loss (mean NLL of the target tokens)", ylabel="nats")
+    plot_metric_curves(metrics, ["val/format_rate", "val/parse_rate", "val/predicted_up_rate", "val/distinct_day1_share"],
+                       ax=ax_val, title="greedy validation answers", ylabel="share of answers")
+    ax_val.set_ylim(-0.03, 1.03)
+    fig.suptitle(title)
+    return fig

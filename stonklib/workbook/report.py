@@ -41,7 +41,7 @@ from typing import Any
 from stonklib import config as C
 from stonklib import paths
 from stonklib.environment import prefer_passive_omp
-from stonklib.workbook.findings import MARKER
+from stonklib.workbook.findings import MARKER, planted_banner
 
 log = logging.getLogger(__name__)
 KERNEL = "python3"
@@ -109,24 +109,32 @@ def resolve_config_path(config_path: str | Path) -> Path:
 
 def load_sections(config_path: Path) -> dict[str, Any]:
     """section -> its resolved config dataclass (YAML values over the dataclass defaults), built from the
-    project root so relative paths resolve as the notebooks will see them. Errors surface here, before any run."""
+    project root so relative paths resolve as the notebooks will see them. Errors surface here, before any run.
+
+    With a ``warmup:`` section, notebook 04 runs the warm-up first and its GRPO stage starts from the warm-up's
+    ``final/``: the ``train:`` section is checked with ``stage1_model`` set to the warm-up's starting model.
+    """
     raw = C.load_yaml(config_path)
-    known = {nb.section: nb.cls for nb in NOTEBOOKS}
+    known = {nb.section: nb.cls for nb in NOTEBOOKS} | {"warmup": C.WarmupConfig}
     unknown = set(raw) - set(known)
     if unknown:
         raise C.ConfigError(f"{config_path}: unknown section(s) {sorted(unknown)}; use {', '.join(known)}.")
     here = Path.cwd()
     os.chdir(paths.ROOT)
     try:
-        return {section: C.build(cls, config_path, section=section)
-                for section, cls in known.items() if raw.get(section)}
+        out = {}
+        for section in ("data", "warmup", "train", "eval"):
+            if raw.get(section):
+                over = {"stage1_model": out["warmup"].model} if section == "train" and "warmup" in out else {}
+                out[section] = C.build(known[section], config_path, section=section, **over)
+        return out
     finally:
         os.chdir(here)
 
 
 def run_dirs(run: str) -> dict[str, Path]:
-    """Where this report's training run and evaluations go."""
-    return {"train": paths.RUNS / run / "train", "eval": paths.RUNS / run / "eval"}
+    """Where this report's warm-up, training run and evaluations go."""
+    return {"warmup": paths.RUNS / run / "warmup", "train": paths.RUNS / run / "train", "eval": paths.RUNS / run / "eval"}
 
 
 def parameters_for(nb: Notebook, sections: dict[str, Any], run: str) -> dict[str, Any]:
@@ -138,6 +146,8 @@ def parameters_for(nb: Notebook, sections: dict[str, Any], run: str) -> dict[str
     dirs = run_dirs(run)
     if nb.key == "04":
         params["output_dir"] = _shown(dirs["train"])
+        warmup = sections.get("warmup")
+        params["warmup"] = None if warmup is None else C.to_dict(warmup) | {"output_dir": _shown(dirs["warmup"])}
     if nb.key == "05":
         params["out"] = _shown(dirs["eval"])
         final = dirs["train"] / "final"
@@ -156,6 +166,8 @@ def unread_keys(config_path: Path, chosen: Sequence[Notebook]) -> dict[str, list
     for section in dict.fromkeys(nb.section for nb in chosen):
         read = set().union(*(declared_parameters(nb.path) for nb in chosen if nb.section == section))
         keys = sorted(set(raw.get(section) or {}) - read - {"output_dir", "out"})
+        if section == "train" and raw.get("warmup") and not any(nb.key == "04" for nb in chosen):
+            out["warmup"] = sorted(raw["warmup"])  # only notebook 04 runs the warm-up
         if keys:
             out[section] = keys
     return out
@@ -257,13 +269,23 @@ def run_report(config_path: str | Path = "configs/smoke.yaml", run_name: str | N
         if entry["status"] != "ok":
             break
     report = {"run": run, "config": str(cfg_path), "seconds": round(time.perf_counter() - t0, 1),
-              "runs_dir": str(paths.RUNS / run), "notebooks": _merge_entries(out / "report.json", entries)}
+              "runs_dir": str(paths.RUNS / run), "planted": planted_data(sections),
+              "notebooks": _merge_entries(out / "report.json", entries)}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     index = write_index(out, report)
     failed = [e for e in entries if e["status"] != "ok"]
     if failed:
         raise ReportError(f"{failed[0]['notebook']} failed ({failed[0]['error']}); see {out / failed[0]['html']}")
     return index
+
+
+def planted_data(sections: dict[str, Any]) -> str | None:
+    """The planted rule of the data the report ran on (``stonk data build --plant``), or None for market labels."""
+    from stonklib.workbook.explore import planted_rule
+
+    dirs = [sections["data"].out_dir] if "data" in sections else []
+    dirs += [getattr(sections[k], "data", None) for k in ("warmup", "train", "eval") if k in sections]
+    return next((rule for d in dict.fromkeys(d for d in dirs if d) if (rule := planted_rule(d))), None)
 
 
 def _merge_entries(previous: Path, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -279,6 +301,7 @@ _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 60rem; margin: 2rem auto;
        padding: 0 1rem; color: #1f2328; line-height: 1.45; }
 h1 { margin-bottom: .2rem; } .meta { color: #59636e; font-size: .9rem; margin-bottom: 1.5rem; }
+.planted { background: #fff4ce; border: 2px solid #d4a72c; border-radius: 6px; padding: .2rem 1rem; margin-bottom: 1rem; }
 .card { border: 1px solid #d1d9e0; border-radius: 8px; padding: .8rem 1.1rem; margin: 1rem 0; }
 .card h2 { font-size: 1.15rem; margin: .2rem 0 .4rem; } .card h2 a { text-decoration: none; color: #0969da; }
 .status { font-size: .8rem; padding: .1rem .5rem; border-radius: 1rem; margin-left: .5rem; vertical-align: middle; }
@@ -303,8 +326,10 @@ def write_index(out: Path, report: dict[str, Any]) -> Path:
             f'<div class="findings">{findings}</div>'
             f'<div class="links"><a href="{link}">HTML</a> · <a href="{html.escape(e["ipynb"])}">executed notebook</a>'
             f' · parameters: <code>{html.escape(json.dumps(e["parameters"], default=str))}</code></div></div>')
+    banner = planted_banner(report.get("planted"))
+    banner = f"<div class='planted'>{markdown2html(banner)}</div>" if banner else ""
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>stonk report {html.escape(report['run'])}</title>"
-            f"<style>{_STYLE}</style></head><body><h1>Stonk workbook report: {html.escape(report['run'])}</h1>"
+            f"<style>{_STYLE}</style></head><body><h1>Stonk workbook report: {html.escape(report['run'])}</h1>{banner}"
             f"<div class='meta'>config <code>{html.escape(Path(report['config']).name)}</code> "
             f"(<a href='config.yaml'>copy</a>) · {len(report['notebooks'])} notebook(s) in {report['seconds']:.0f} s · "
             f"training and evaluation outputs in <code>{html.escape(report['runs_dir'])}</code> · "

@@ -1,0 +1,59 @@
+"""Validation of a policy: greedy answers to held-out prompts, scored, and the numbers that say what it learned.
+
+Used by the GRPO trainer at every evaluation and by the warm-up before and after it trains. A reward
+that rises is not learning; the task metrics are: accuracy, balanced accuracy and MCC against the
+true next-day direction, the parse rate, and the signs of a collapsed policy (one answer for every
+prompt: a predicted-up rate of 0 or 1, few distinct answers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from stonklib.data.records import Example
+from stonklib.grpo.market import MarketStats
+from stonklib.rewards import RewardBreakdown, parse_prediction
+from stonklib.sampling.rollout import rollout
+
+
+@torch.no_grad()
+def greedy_answers(sampler, tokenizer, examples: Sequence[Example], encode: Callable, *, batch: int,
+                   max_new_tokens: int) -> list[str]:
+    """One greedy completion per example, ``batch`` prompts per sampling call; ``encode(examples) -> (ids, mask)``."""
+    texts: list[str] = []
+    for i in range(0, len(examples), max(1, batch)):
+        ids, mask = encode(list(examples[i:i + batch]))
+        texts += rollout(sampler, tokenizer, ids, mask, 1, max_new_tokens=max_new_tokens, greedy=True).texts
+    return texts
+
+
+def answer_counts(texts: Sequence[str], examples: Sequence[Example], scores: Sequence[RewardBreakdown]) -> dict:
+    """Sums and counts (so ranks can add them) of what :func:`answer_stats` reports."""
+    market = MarketStats()
+    market.update([ex.direction_1 for ex in examples], [s.prediction.direction for s in scores])
+    day1 = [parse_prediction(t, 1) for t in texts]
+    return {"n": len(texts), "reward": sum(s.total for s in scores),
+            "format": sum(s.components["format"] > 0 for s in scores),
+            "data_utilization": sum(s.components["data_utilization"] for s in scores),
+            "distinct": len(set(texts)),
+            "distinct_day1": len({(p.direction, p.percentage, p.confidence) for p in day1 if p.direction != "unknown"}),
+            "market": market}
+
+
+def answer_stats(counts: dict) -> dict[str, float | None]:
+    """The validation numbers from :func:`answer_counts` (summed over ranks), keyed as ``train_metrics.jsonl`` logs them.
+
+    - ``reward``, ``data_utilization``: means per answer (weighted as the run's reward weighs them);
+    - ``format_rate``: share of answers with some format credit; ``parse_rate``: share with a day-1 direction;
+    - ``accuracy`` (unparsed counts as wrong), ``balanced_accuracy``, ``mcc`` (over parsed answers),
+      ``predicted_up_rate`` (over parsed answers): against the true next-day direction;
+    - ``distinct_share``: distinct completions / completions; ``distinct_day1_share``: distinct parsed day-1
+      answers (direction, percentage, confidence) / completions.
+    """
+    n, m = max(counts["n"], 1), counts["market"]
+    return {"reward": counts["reward"] / n, "format_rate": counts["format"] / n,
+            "data_utilization": counts["data_utilization"] / n, "parse_rate": m.parse_rate, "accuracy": m.accuracy,
+            "balanced_accuracy": m.balanced_accuracy, "mcc": m.mcc, "predicted_up_rate": m.predicted_up_rate,
+            "distinct_share": counts["distinct"] / n, "distinct_day1_share": counts["distinct_day1"] / n}

@@ -1,0 +1,214 @@
+"""The warm-up loop: supervised LoRA fine-tuning on the targets of :mod:`stonklib.warmup.targets`.
+
+One optimizer step: ``batch_size`` examples from a per-epoch seeded order, each with its targets (two
+for the default coin, one face each); the chat-rendered prompts left-padded as the GRPO trainer pads
+them, each target (plus the tokenizer's EOS, so the model learns to stop) right-padded after them. The
+loss is the weighted mean negative log-likelihood of the target tokens only (the prompt never enters
+it): the day-1 direction word weighs ``direction_weight``, every other token 1. It is computed by the
+GRPO update's own passes (:func:`stonklib.update.pick.pick_logprobs`: each prompt once for its targets,
+the chunked LM head, no ``[B, T, vocab]`` tensor); AdamW on the LoRA weights with the run's LR schedule
+and gradient clipping. Before the first step (``eval_at_start``),
+every ``eval_steps`` and at the end, the policy answers the validation prompts greedily and the answers
+are scored with the five-part reward (:mod:`stonklib.grpo.validation`).
+
+Why this loop and not TRL's ``SFTTrainer`` or transformers' ``Trainer`` with a prompt-masking collator:
+``Trainer`` writes ``checkpoint-N/`` in place, so a crash while saving leaves a checkpoint that its own
+resume picks up and fails on, and it knows nothing of this project's logs. Here the warm-up keeps the
+guarantees ``stonk train`` gives, with the same code: atomic checkpoints with optimizer, scheduler, RNG
+and data position (:mod:`stonklib.grpo.checkpoint`), ``--resume`` at the same step that cuts the logs
+back to the checkpoint (:mod:`stonklib.grpo.runlog`), the same per-step random seed
+(:func:`stonklib.grpo.distributed.step_seed`), a progress bar and ``training.log``. The loop itself is
+the textbook one and short. It runs in one process.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from stonklib.config import kernels_arg
+from stonklib.data.records import Example
+from stonklib.grpo import distributed as D
+from stonklib.grpo.checkpoint import (
+    latest_checkpoint,
+    load_adapter_weights,
+    load_training_state,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from stonklib.grpo.runlog import RunLog
+from stonklib.grpo.schedule import batch_indices, make_scheduler, steps_per_epoch
+from stonklib.grpo.validation import answer_counts, answer_stats, greedy_answers
+from stonklib.prompts import fit_prompt
+from stonklib.rewards import score
+from stonklib.sampling.rollout import encode_prompts
+from stonklib.update.pick import pick_logprobs
+from stonklib.warmup.targets import Target
+
+#: Validation prompts per sampling call.
+EVAL_BATCH = 16
+
+
+class WarmupTrainer:
+    """Supervised fine-tuning of ``policy``'s LoRA on (example, target) pairs; see the module docstring."""
+
+    def __init__(self, cfg, policy, tokenizer, pairs: list[tuple[Example, list[Target]]], val: list[Example],
+                 runlog: RunLog, sampler):
+        if not pairs:
+            raise ValueError("the warm-up has no example with targets to train on: raise max_train_samples, "
+                             "or check that the justification's values exist in the data.")
+        self.cfg, self.policy, self.tok, self.pairs, self.val_set = cfg, policy, tokenizer, pairs, val
+        # Each prompt once for its targets (they share it): the GRPO update's shared-prefix pass, module path.
+        self.logprobs = pick_logprobs(policy, shared_prefix=True, dense=False, kernels=kernels_arg(cfg))
+        self.log, self.sampler = runlog, sampler
+        self.device = next(p for p in policy.parameters()).device
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = steps_per_epoch(len(pairs), cfg.batch_size)
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.scheduler = make_scheduler(cfg, self.optimizer, self.total_steps)
+        self.step_num, self.skipped_updates = 0, 0
+        self.last_validation: dict[str, float | None] | None = None
+        self.eos = tokenizer.eos_token_id
+
+    # ------------------------------------------------------------------ data
+    def encode(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = [fit_prompt(ex, self.tok, self.cfg.max_prompt_tokens, self.cfg.prompt_version).text for ex in examples]
+        return encode_prompts(self.tok, texts, self.device)
+
+    def tensors(self, pairs: list[tuple[Example, list[Target]]]) -> tuple[torch.Tensor, ...]:
+        """``input_ids``, ``attention_mask`` (prompt + target), the target tokens' mask and their loss weights ``[N, C]``.
+
+        One row per target, a prompt's targets in consecutive rows (so the shared-prefix pass runs it once).
+        """
+        examples = [ex for ex, ts in pairs for _ in ts]
+        targets = [t for _, ts in pairs for t in ts]
+        p_ids, p_mask = self.encode(examples)
+        enc = self.tok([t.text for t in targets], add_special_tokens=False, return_offsets_mapping=True)
+        C = max(len(ids) for ids in enc["input_ids"]) + 1
+        c_ids = torch.full((len(targets), C), self.tok.pad_token_id, dtype=torch.long)
+        c_mask = torch.zeros((len(targets), C), dtype=torch.long)
+        weight = torch.zeros((len(targets), C), dtype=torch.float32)
+        for i, (ids, offsets, t) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], targets, strict=True)):
+            n = len(ids) + 1  # the target and EOS
+            c_ids[i, :n] = torch.tensor([*ids, self.eos])
+            c_mask[i, :n] = 1
+            weight[i, :n] = t.weight  # a coin face's half: the two faces' shared tokens weigh 1 together
+            lo, hi = t.direction_span
+            for j, (a, b) in enumerate(offsets):
+                if a < hi and b > lo:  # the token(s) of the day-1 direction word
+                    weight[i, j] = t.weight * self.cfg.direction_weight
+        c_ids, c_mask, weight = c_ids.to(self.device), c_mask.to(self.device), weight.to(self.device)
+        return torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_mask, weight
+
+    def batch(self, step: int) -> list[tuple[Example, list[Target]]]:
+        return [self.pairs[i] for i in batch_indices(len(self.pairs), step, self.cfg.batch_size, self.cfg.seed)]
+
+    # ------------------------------------------------------------------ one step
+    def step(self, pairs: list[tuple[Example, list[Target]]]) -> dict[str, float]:
+        """One optimizer step; the target tokens' weighted mean negative log-likelihood and the step's numbers."""
+        cfg, n_mb = self.cfg, self.cfg.grad_accum_steps
+        self.policy.train()
+        per_mb = len(pairs) // n_mb  # whole examples (with all their targets) per micro-batch
+        total_weight = sum(float(self.tensors(pairs[m * per_mb:(m + 1) * per_mb])[3].sum()) for m in range(n_mb)) \
+            if n_mb > 1 else None
+        total, tokens = 0.0, 0.0
+        for m in range(n_mb):  # the weighted mean over the whole step, whatever the split
+            ids, attn, cmask, weight = self.tensors(pairs[m * per_mb:(m + 1) * per_mb])
+            logp = self.logprobs(self.policy, ids, attn, cmask.shape[1])
+            loss = -(logp * weight).sum() / (total_weight or float(weight.sum()))
+            loss.backward()
+            total += float(loss.detach())
+            tokens += float(cmask.sum())
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
+        skipped = not (math.isfinite(total) and math.isfinite(grad_norm))
+        if skipped:
+            self.skipped_updates += 1
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": total, "grad_norm": grad_norm, "target_tokens": tokens, "skipped_updates": self.skipped_updates}
+
+    # ------------------------------------------------------------------ loop
+    def train(self, progress: bool = True) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.resume:
+            self._resume()
+        if cfg.eval_at_start and self.step_num == 0:
+            self.evaluate()
+        bar = tqdm(total=self.total_steps, initial=self.step_num, desc="format warm-up", unit="step", disable=not progress)
+        while self.step_num < self.total_steps:
+            step = self.step_num
+            torch.manual_seed(D.step_seed(cfg.seed, step, D.Dist()))
+            t0 = time.perf_counter()
+            stats = self.step(self.batch(step))
+            self.step_num = step + 1
+            stats |= {"lr": self.scheduler.get_last_lr()[0], "step_s": time.perf_counter() - t0,
+                      "epoch": step / self.steps_per_epoch}
+            if step % cfg.logging_steps == 0:
+                self.log.scalars(self.step_num, stats)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}")
+            last = self.step_num == self.total_steps
+            if self.step_num % cfg.eval_steps == 0 or last:
+                self.evaluate()
+            if self.step_num % cfg.save_steps == 0 or self.step_num % self.steps_per_epoch == 0 or last:
+                self.save()
+        bar.close()
+        summary = {"steps": self.step_num, "skipped_updates": self.skipped_updates, "train_pairs": len(self.pairs),
+                   "train_targets": sum(len(ts) for _, ts in self.pairs),
+                   "validation": self.last_validation}
+        self.log.info("done %s", summary)
+        return summary
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Greedy answers to the validation prompts, scored and logged (``val/*`` scalars, one JSONL row each)."""
+        if not self.val_set:
+            return {}
+        self.sampler.refresh(self.policy)
+        texts = greedy_answers(self.sampler, self.tok, self.val_set, self.encode, batch=EVAL_BATCH,
+                               max_new_tokens=self.cfg.max_new_tokens)
+        scores = [score(t, ex) for t, ex in zip(texts, self.val_set, strict=True)]
+        stats = answer_stats(answer_counts(texts, self.val_set, scores))
+        self.log.scalars(self.step_num, {f"val/{k}": (math.nan if v is None else v) for k, v in stats.items()})
+        self.log.completions([{"step": self.step_num, "prompt_id": f"{ex.ticker}@{ex.date}", "ticker": ex.ticker,
+                               "date": ex.date, "completion": t, "predicted_direction": s.prediction.direction,
+                               "actual_direction": ex.direction_1, "rewards": s.components, "reward_total": s.total}
+                              for t, ex, s in zip(texts, self.val_set, scores, strict=True)])
+        self.log.info("step %d validation %s", self.step_num, stats)
+        self.last_validation = stats
+        return stats
+
+    # ------------------------------------------------------------------ save / resume
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step_num, "epoch": self.step_num // self.steps_per_epoch,
+                "data_position": self.step_num % self.steps_per_epoch, "skipped_updates": self.skipped_updates,
+                "log_offsets": self.log.offsets(), "total_steps": self.total_steps, "world_size": 1,
+                "global_batch": self.cfg.batch_size, "validation": self.last_validation}
+
+    def save(self, folder: Path | None = None) -> None:
+        folder = folder or Path(self.cfg.output_dir) / f"checkpoint-{self.step_num}"
+        save_checkpoint(folder, model=self.policy, tokenizer=self.tok, optimizer=self.optimizer,
+                        scheduler=self.scheduler, state=self.state())
+        self.log.info("saved %s", folder)
+        prune_checkpoints(self.cfg.output_dir, self.cfg.save_total_limit)
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.cfg.output_dir)
+        if ckpt is None:  # nothing to continue: start again with empty logs, so no line is written twice
+            self.log.truncate({})
+            self.log.info("resume: no complete checkpoint in %s, starting fresh", self.cfg.output_dir)
+            return
+        load_adapter_weights(self.policy, ckpt)
+        state = load_training_state(ckpt, self.optimizer, self.scheduler)
+        self.step_num, self.skipped_updates = state["step"], state["skipped_updates"]
+        self.last_validation = state.get("validation")
+        self.log.truncate(state["log_offsets"])
+        self.log.info("resumed from %s at step %d", ckpt, self.step_num)

@@ -1,0 +1,200 @@
+"""The format warm-up: targets written by code, its config's checks, its loop, crash and resume.
+
+Targets are tables: each row is an example variant, its direction source and what the target must be.
+The loop trains the tiny random Llama for a few steps and checks that the target loss falls and that
+every output a run promises is there; the crash test SIGKILLs ``stonk warmup`` after a checkpoint,
+resumes it and compares with an uninterrupted run, line for line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stonklib.config import ConfigError, DataConfig, WarmupConfig
+from stonklib.config.stages import JUSTIFICATION_VALUES, check_justification
+from stonklib.data import build_dataset
+from stonklib.grpo.runlog import read_jsonl
+from stonklib.prompts import build_prompt
+from stonklib.rewards import parse_all
+from stonklib.warmup.targets import build_target, build_targets, shown_values, targets_for
+from tests.conftest import example
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sp500-warmup")
+    build_dataset(DataConfig(source="sp500", out=str(out), tickers=["AAPL", "MSFT", "XOM", "JPM"]), progress=False)
+    return out
+
+
+# ----------------------------------------------------------------------------- targets
+@pytest.mark.parametrize("source, over, want", [
+    ("label", {}, ("up", "down", "up")),  # why: the label ablation copies the three true directions
+    ("label", {"direction_1": "down", "direction_2": "up", "direction_3": "down"}, ("down", "up", "down")),
+    ("momentum", {"return_1d": -0.4975}, ("down", "down", "down")),  # why: the shown 1-day return fell
+    ("momentum", {"return_1d": 0.8}, ("up", "up", "up")),  # why: and here it rose
+])
+def test_directions_follow_their_source(source, over, want):
+    t = build_target(example(**over), source)
+    assert t.directions == want
+    days = parse_all(t.text)
+    assert tuple(days[k].direction for k in (1, 2, 3)) == want
+
+
+def test_a_target_is_the_rewards_format_citing_values_its_prompt_shows():
+    ex = example(volatility_10d=1.26)
+    t = build_target(ex, "coin", seed=3)
+    assert t.format == 1.0 and t.data_utilization == 3.0  # all three lines well formed, >= 5 grounded values
+    days = parse_all(t.text)
+    assert all(days[k].well_formatted and days[k].percentage == 1.3 and 50 <= days[k].confidence <= 80
+               for k in (1, 2, 3))  # the move is the shown 10-day volatility, to one decimal
+    assert t.text[slice(*t.direction_span)] == t.directions[0]
+    prompt = build_prompt(ex, "compact_format")
+    justification = t.text.split("Justification: ", 1)[1]
+    for number in re.findall(r"\d+\.\d+|\d{4}-\d{2}-\d{2}", justification):
+        assert number in prompt, f"{number} is cited but the prompt does not show it"
+
+
+def test_the_coin_trains_both_faces_of_day_one_and_draws_days_two_and_three():
+    exs = [example(ticker=f"T{i}", direction_1=("up", "down")[i % 2], direction_2=("up", "down")[i % 3 == 0])
+           for i in range(600)]
+    pairs, skipped = build_targets(exs, "coin", seed=1)
+    assert len(pairs) == 600 and sum(skipped.values()) == 0
+    assert all([t.directions[0] for t in ts] == ["up", "down"] for _, ts in pairs)  # both faces, every prompt
+    assert all(ts[0].directions[1:] == ts[1].directions[1:] for _, ts in pairs)
+    ups = sum(ts[0].directions[1] == "up" for _, ts in pairs)
+    assert 240 <= ups <= 360  # day 2: 600 fair coins, within 4.9 standard deviations of 300
+    agree = sum(ts[0].directions[1] == ex.direction_2 for ex, ts in pairs)
+    assert 240 <= agree <= 360  # the coin knows nothing of the label
+    again, _ = build_targets(exs, "coin", seed=1)
+    other, _ = build_targets(exs, "coin", seed=2)
+    texts = lambda ps: [t.text for _, ts in ps for t in ts]  # noqa: E731
+    assert texts(again) == texts(pairs) and texts(other) != texts(pairs)  # seeded
+    assert [len(targets_for(ex, "label")) for ex in exs[:3]] == [1, 1, 1]
+
+
+def test_examples_without_a_cited_value_are_skipped_and_counted():
+    nan = float("nan")
+    pairs, skipped = build_targets([example(), example(return_5d=nan), example(volatility_10d=nan)])
+    assert len(pairs) == 1 and skipped == {"missing_value": 2, "too_few_grounded_values": 0}
+
+
+def test_every_justification_value_is_one_the_prompts_show():
+    assert set(shown_values(example())) == set(JUSTIFICATION_VALUES)
+
+
+# ----------------------------------------------------------------------------- config
+@pytest.mark.parametrize("kw, message", [
+    (dict(direction_source="abc"), "direction_source='abc'"),  # why: a typo must not train on labels or nothing
+    (dict(justification="On {date} it closed at {close}."), "cites 2 distinct value"),  # why: data_utilization < 3
+    (dict(justification="{close} {previous_close} {day_change_pct} {return_1d} {return_5d}"),
+     "cites 4 distinct"),  # why: the 1-day return and the day's change are one number
+    (dict(justification="{close} {eps} {date} {volume} {return_5d}"), "cites ['eps']"),  # why: no prompt shows it
+    (dict(justification="{close"), "not a valid template"),
+    (dict(model="models/does-not-exist"), "stonk model fetch"),
+    (dict(batch_size=4, grad_accum_steps=3), "grad_accum_steps"),
+])
+def test_a_bad_warmup_config_names_the_field(kw, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        WarmupConfig(**kw)
+
+
+def test_a_bad_warmup_config_fails_before_any_model_loads(capsys):
+    from stonklib.cli import main
+
+    t0 = time.perf_counter()
+    assert main(["warmup", "--direction_source", "labels", "--model", "Qwen/Qwen2.5-1.5B-Instruct"]) == 2
+    assert "direction_source='labels'" in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 5  # no model, no data was touched
+
+
+def test_the_default_justification_cites_seven_values():
+    assert len(check_justification(WarmupConfig().justification)) == 7
+
+
+# ----------------------------------------------------------------------------- the loop
+def _cfg(model_dir, data, out, **kw) -> WarmupConfig:
+    base = dict(model=str(model_dir), data=str(data), output_dir=str(out), device="cpu", max_steps=4, batch_size=2,
+                max_train_samples=16, max_eval_samples=3, prompt_version="compact_format", max_prompt_tokens=400,
+                max_new_tokens=8, lr=5e-3, warmup_ratio=0.0, lr_scheduler="constant", save_steps=2, eval_steps=4,
+                gradient_checkpointing=False, tensorboard=False, fast_sampler=True)
+    return WarmupConfig(**(base | kw))
+
+
+def test_the_warmup_lowers_the_target_loss_and_writes_a_complete_run(tiny_model_dir, small_data, tmp_path):
+    from stonklib.warmup import run_warmup
+
+    out = tmp_path / "warmup"
+    summary = run_warmup(_cfg(tiny_model_dir, small_data, out, max_steps=12, lr=1e-2, save_steps=4, eval_steps=12),
+                         progress=False)
+    assert summary["steps"] == 12 and summary["train_pairs"] == 16 and summary["train_targets"] == 32
+    rows = read_jsonl(out / "train_metrics.jsonl")
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 12 and sum(losses[-3:]) < 0.98 * sum(losses[:3])  # it learns (a random tiny model, slowly)
+    val = [r for r in rows if "val/parse_rate" in r]
+    assert [r["step"] for r in val] == [0, 12]  # eval_at_start: the 'before'
+    answers = read_jsonl(out / "warmup_training_log.jsonl")
+    assert {r["step"] for r in answers} == {0, 12} and len(answers) == 6
+    for d in ("checkpoint-4", "checkpoint-8", "checkpoint-12", "final"):
+        assert (out / d / "adapter_model.safetensors").is_file(), d
+    log = (out / "training.log").read_text()
+    assert "warm-up targets: 16 examples, 32 targets" in log and "config" in log
+    assert json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())["step"] == 12
+    assert summary["final"] == str(out / "final")
+
+
+def test_resume_without_a_checkpoint_starts_with_empty_logs(tiny_model_dir, small_data, tmp_path):
+    from stonklib.warmup import run_warmup
+
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / "train_metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')  # a run killed before its first checkpoint
+    run_warmup(_cfg(tiny_model_dir, small_data, out, resume=True, max_steps=2, save_steps=2, eval_at_start=False),
+               progress=False)
+    steps = [r["step"] for r in read_jsonl(out / "train_metrics.jsonl")]
+    assert steps == [1, 2, 2]  # two training steps and the last validation; the torn run's line is gone
+
+
+def _warmup_cmd(model_dir, data, out):
+    return [sys.executable, "-m", "stonklib.cli", "warmup", "--model", str(model_dir), "--data", str(data),
+            "--output_dir", str(out), "--max_steps", "6", "--save_steps", "2", "--eval_steps", "100",
+            "--batch_size", "2", "--max_train_samples", "16", "--max_eval_samples", "2", "--max_new_tokens", "6",
+            "--no-tensorboard", "--no-gradient_checkpointing", "--prompt_version", "compact_format",
+            "--max_prompt_tokens", "400", "--lr", "5e-3", "--lora_dropout", "0.1", "--device", "cpu"]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, small_data, tmp_path):
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+    ref, crash = tmp_path / "ref", tmp_path / "crash"
+    subprocess.run(_warmup_cmd(tiny_model_dir, small_data, ref), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_warmup_cmd(tiny_model_dir, small_data, crash), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (crash / "checkpoint-4" / "trainer_state.json").exists():
+        assert proc.poll() is None, "the warm-up ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(_warmup_cmd(tiny_model_dir, small_data, crash) + ["--resume"], check=True, env=env,
+                   capture_output=True)
+    got, want = read_jsonl(crash / "train_metrics.jsonl"), read_jsonl(ref / "train_metrics.jsonl")
+    assert [r["step"] for r in got] == [r["step"] for r in want]  # continuous, nothing duplicated
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("step_s", "val/reward")} for r in rows]  # noqa: E731
+    for g, w in zip(strip(got), strip(want), strict=True):
+        assert g.keys() == w.keys()
+        for k in g:
+            assert g[k] == w[k] if None in (g[k], w[k]) else g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), k
+    from safetensors.torch import load_file
+
+    a, b = load_file(crash / "final" / "adapter_model.safetensors"), load_file(ref / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(bool((a[k] - b[k]).abs().max() < 1e-6) for k in a)
