@@ -3,8 +3,9 @@
 One optimizer step: ``batch_size`` examples from a per-epoch seeded order, each with its targets (two
 for the default coin, one face each); the chat-rendered prompts left-padded as the GRPO trainer pads
 them, each target (plus the tokenizer's EOS, so the model learns to stop) right-padded after them. The
-loss is the weighted mean negative log-likelihood of the target tokens only (the prompt never enters
-it): the day-1 direction word weighs ``direction_weight``, every other token 1. It is computed by the
+loss is the negative log-likelihood of the target tokens only (the prompt never enters it), summed
+with the day-1 direction word weighing ``direction_weight`` and every other token 1, over the number of
+target tokens (so the extra weight adds to the direction word's gradient without shrinking the rest). It is computed by the
 GRPO update's own passes (:func:`stonklib.update.pick.pick_logprobs`: each prompt once for its targets,
 the chunked LM head, no ``[B, T, vocab]`` tensor); AdamW on the LoRA weights with the run's LR schedule
 and gradient clipping. Before the first step (``eval_at_start``),
@@ -82,7 +83,8 @@ class WarmupTrainer:
         return encode_prompts(self.tok, texts, self.device)
 
     def tensors(self, pairs: list[tuple[Example, list[Target]]]) -> tuple[torch.Tensor, ...]:
-        """``input_ids``, ``attention_mask`` (prompt + target), the target tokens' mask and their loss weights ``[N, C]``.
+        """``input_ids``, ``attention_mask`` (prompt + target), the target tokens' mask, their loss weights and the
+        weights' normaliser (the same without the direction word's extra weight), each ``[N, C]``.
 
         One row per target, a prompt's targets in consecutive rows (so the shared-prefix pass runs it once).
         """
@@ -94,17 +96,19 @@ class WarmupTrainer:
         c_ids = torch.full((len(targets), C), self.tok.pad_token_id, dtype=torch.long)
         c_mask = torch.zeros((len(targets), C), dtype=torch.long)
         weight = torch.zeros((len(targets), C), dtype=torch.float32)
+        norm = torch.zeros((len(targets), C), dtype=torch.float32)
         for i, (ids, offsets, t) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], targets, strict=True)):
             n = len(ids) + 1  # the target and EOS
             c_ids[i, :n] = torch.tensor([*ids, self.eos])
             c_mask[i, :n] = 1
             weight[i, :n] = t.weight  # a coin face's half: the two faces' shared tokens weigh 1 together
+            norm[i, :n] = t.weight
             lo, hi = t.direction_span
             for j, (a, b) in enumerate(offsets):
                 if a < hi and b > lo:  # the token(s) of the day-1 direction word
                     weight[i, j] = t.weight * self.cfg.direction_weight
-        c_ids, c_mask, weight = c_ids.to(self.device), c_mask.to(self.device), weight.to(self.device)
-        return torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_mask, weight
+        c_ids, c_mask = c_ids.to(self.device), c_mask.to(self.device)
+        return torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_mask, weight.to(self.device), norm.to(self.device)
 
     def batch(self, step: int) -> list[tuple[Example, list[Target]]]:
         return [self.pairs[i] for i in batch_indices(len(self.pairs), step, self.cfg.batch_size, self.cfg.seed)]
@@ -115,13 +119,12 @@ class WarmupTrainer:
         cfg, n_mb = self.cfg, self.cfg.grad_accum_steps
         self.policy.train()
         per_mb = len(pairs) // n_mb  # whole examples (with all their targets) per micro-batch
-        total_weight = sum(float(self.tensors(pairs[m * per_mb:(m + 1) * per_mb])[3].sum()) for m in range(n_mb)) \
-            if n_mb > 1 else None
+        batches = [self.tensors(pairs[m * per_mb:(m + 1) * per_mb]) for m in range(n_mb)]
+        denominator = sum(float(b[4].sum()) for b in batches)  # target tokens, each example's once
         total, tokens = 0.0, 0.0
-        for m in range(n_mb):  # the weighted mean over the whole step, whatever the split
-            ids, attn, cmask, weight = self.tensors(pairs[m * per_mb:(m + 1) * per_mb])
+        for ids, attn, cmask, weight, _ in batches:  # one normaliser for the whole step, whatever the split
             logp = self.logprobs(self.policy, ids, attn, cmask.shape[1])
-            loss = -(logp * weight).sum() / (total_weight or float(weight.sum()))
+            loss = -(logp * weight).sum() / denominator
             loss.backward()
             total += float(loss.detach())
             tokens += float(cmask.sum())
@@ -201,7 +204,7 @@ class WarmupTrainer:
         prune_checkpoints(self.cfg.output_dir, self.cfg.save_total_limit)
 
     def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.cfg.output_dir)
+        ckpt = latest_checkpoint(self.cfg.output_dir, self.log)
         if ckpt is None:  # nothing to continue: start again with empty logs, so no line is written twice
             self.log.truncate({})
             self.log.info("resume: no complete checkpoint in %s, starting fresh", self.cfg.output_dir)
