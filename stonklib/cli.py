@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -139,6 +140,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stonk", description="GRPO for next-day stock moves: data, model, train, evaluate, report.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (before the command: stonk --debug train ...)")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="build datasets").add_subparsers(dest="action", required=True)
@@ -192,12 +194,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except C.ConfigError as e:
-        print(f"stonk: config error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, ModelError) as e:  # DataError is a ValueError
-        print(f"stonk {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        if args.debug:
+            raise
+        if isinstance(e, C.ConfigError):
+            print(f"stonk: config error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, (ValueError, ModelError)) or type(e) is FileNotFoundError and e.filename is None:
+            print(f"stonk {args.command}: error: {e}", file=sys.stderr)  # DataError is a ValueError
+            return 1
+        if isinstance(e, OSError):
+            print(f"stonk {args.command}: error: {filesystem_message(e)} (--debug shows the traceback)", file=sys.stderr)
+            return 1
+        raise
+
+
+#: What to do about each filesystem error a run can meet, by errno.
+FS_FIXES = {
+    errno.EACCES: "no permission: choose a folder you can write to, or fix its permissions",
+    errno.EPERM: "not permitted: choose a folder you can write to, or fix its permissions",
+    errno.EROFS: "the filesystem is read-only: choose a folder on a writable disk",
+    errno.ENOSPC: "the disk is full: free some space (old checkpoint-* folders, or save_total_limit) and rerun "
+                  "with --resume",
+    errno.EDQUOT: "the disk quota is used up: free some space and rerun with --resume",
+    errno.EEXIST: "a file is in the way of a folder: remove it or choose another path",
+    errno.ENOTDIR: "a path component is a file, not a folder: choose another path",
+    errno.EISDIR: "this is a folder, where a file was expected",
+    errno.ENOENT: "no such file or folder: check the path",
+}
+
+
+def filesystem_message(e: OSError) -> str:
+    """An OS error as the path it concerns, its cause and what to do about it."""
+    where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p) or "a file"
+    cause = e.strerror or str(e)
+    fix = FS_FIXES.get(e.errno or -1)
+    return f"{where}: {cause}" + (f"; {fix}" if fix else "")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ Variables read, and where (nothing else in the package reads the environment):
 ``LOCAL_RANK``               group (``torchrun``, ``accelerate launch``).
 ``TRITON_INTERPRET``         :func:`stonklib.kernels.available`: Triton's own switch for running
                              kernels on CPU (the tests use it).
+``HF_HUB_OFFLINE``           :func:`hub_offline`: offline, a hub model id must already be cached, or
+                             loading it fails at once (:func:`stonklib.models.check_hub_reachable`).
 ``HF_TOKEN``                 read by ``huggingface_hub`` itself, never by stonklib, never logged.
 ``STONK_OUTPUT_DIR``         ``train_stage1.sh`` / ``train_stage2.sh`` only: their default ``--output_dir``.
 ===========================  ==============================================================
@@ -51,3 +53,8 @@ def prefer_expandable_segments() -> str:
     CUDA's first allocation in the process; a value the user set is left alone.
     """
     return os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", CUDA_ALLOC_CONF)
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks the hub client never to go online (it reads 1, true, yes or on)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from stonklib import paths
+from stonklib.environment import hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,18 @@ def resolve_source(ref: str) -> ModelSource:
     return ModelSource(base=str(p) if p.is_dir() else ref)
 
 
+def check_hub_reachable(repo_id: str) -> None:
+    """Offline (``HF_HUB_OFFLINE=1``), a hub id must already be in the local cache: say so now, not after the
+    hub client's retries."""
+    if not hub_offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        raise ModelError(f"{repo_id}: HF_HUB_OFFLINE is set and this hub model is not in the local cache; download it "
+                         "while online, or pass a model directory (the embedded one: `stonk model fetch smollm2`).")
+
+
 def _tokenizer_ref(src: ModelSource) -> str:
     """An adapter's own tokenizer when it saved one, else its base model's."""
     if src.adapter and (Path(src.adapter) / "tokenizer_config.json").is_file():
@@ -178,8 +191,12 @@ def nf4_config(device: torch.device):
 
 
 def load_tokenizer(ref: str, trust_remote_code: bool = False):
+    """The tokenizer, left-padded with a pad token; loading one is the first step of every model load, so an
+    offline hub id that is not cached fails here, at once."""
     from transformers import AutoTokenizer
 
+    if not Path(ref).expanduser().is_dir():
+        check_hub_reachable(ref)
     tok = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
     tok.padding_side = "left"  # decoder-only batched generation
     if tok.pad_token is None:

@@ -116,7 +116,8 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(build_mod.pq, "write_table", boom)
     with pytest.raises(OSError, match="disk full"):
         build_dataset(cfg, progress=False)
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # nothing there at all: the build was written beside it
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
 def test_too_short_data_is_a_clear_error(tmp_path):

@@ -172,10 +172,18 @@ def test_ticker_argument_keeps_one_ticker_of_many(tmp_path):
     ("2024-01-02T21:00:00Z", "2024-01-02"),  # 4pm New York close written in UTC
     ("2024-01-03T02:30:00+00:00", "2024-01-02"),  # 9:30pm New York, still the 2nd there
     ("2024-01-02 16:00:00", "2024-01-02"),  # naive time of day: the date as written
-    ("01/02/2024", "2024-01-02"),  # US month/day/year
 ])
 def test_parse_dates_gives_the_exchange_local_trading_date(raw, expected):
     assert str(parse_dates(pd.Series([raw])).iloc[0].date()) == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (["01/02/2024", "01/13/2024"], ["2024-01-02", "2024-01-13"]),  # US month/day/year: 13 settles it
+    (["01/02/2024", "13/02/2024"], ["2024-02-01", "2024-02-13"]),  # day/month/year
+    (["02.01.24", "25.01.24"], ["2024-01-02", "2024-01-25"]),  # dots and a two-digit year
+])
+def test_slashed_dates_take_one_order_for_the_whole_file(raw, expected):
+    assert [str(d.date()) for d in parse_dates(pd.Series(raw))] == expected
 
 
 def test_parse_dates_in_another_exchange_zone():

@@ -15,6 +15,7 @@ from stonklib.config.core import (
     ConfigError,
     base_type,
     build,
+    coerce,
     dump_yaml,
     field_types,
     load_yaml,
@@ -37,5 +38,5 @@ from stonklib.config.stages import (
 SECTIONS = {DataConfig: "data", WarmupConfig: "warmup", TrainConfig: "train", EvalConfig: "eval"}
 
 __all__ = ["BEST_METRICS", "DIRECTION_SOURCES", "KERNEL_SWITCH", "LOSS_TYPES", "REWARD_PARTS", "SECTIONS", "ConfigError", "DataConfig",
-           "EvalConfig", "TrainConfig", "WarmupConfig", "base_type", "build", "dump_yaml", "field_types", "kernels_arg",
+           "EvalConfig", "TrainConfig", "WarmupConfig", "base_type", "build", "coerce", "dump_yaml", "field_types", "kernels_arg",
            "load_yaml", "to_dict"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import functools
+import math
 import re
 import types
 import typing
@@ -47,10 +50,119 @@ def is_model_ref(ref: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", ref) is not None and not Path(ref).parent.exists()
 
 
-# ------------------------------------------------------------------ load / dump
+def check_model_ref(name: str, ref: str) -> None:
+    """A :class:`ConfigError` naming the field unless ``ref`` is a model :func:`is_model_ref` accepts."""
+    if is_model_ref(ref):
+        return
+    raise ConfigError(f"{name}={ref!r} is neither a directory nor a hub id (org/name). "
+                      "Fetch the embedded model with `stonk model fetch smollm2` or pass a path.")
+
+
+
+
+
+# ------------------------------------------------------------------ types
+#: The spellings a boolean field takes (YAML's own booleans arrive as bool already); anything else is an error.
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+#: The section names a combined config file may have (``configs/smoke.yaml``, ``configs/pipeline.yaml``).
+FILE_SECTIONS = ("data", "warmup", "train", "stage1", "stage2", "eval")
+
+
+@functools.cache
 def field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def allows_none(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def coerce(name: str, tp: Any, value: Any) -> Any:
+    """``value`` as the field type ``tp`` where the meaning is unambiguous, else a :class:`ConfigError` naming ``name``.
+
+    YAML reads ``5e-6`` as a string and ``2.0`` as a float, and a quoted ``"false"`` is a non-empty (true)
+    string: so numbers written as strings and whole floats for int fields are converted, booleans take only
+    true/false, yes/no or on/off, and a string where a list belongs is an error that shows the list form.
+    """
+    if value is None:
+        if allows_none(tp):
+            return None
+        raise ConfigError(f"{name}: needs a value, not null (empty).")
+    base = base_type(tp)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+            return BOOL_WORDS[value.strip().lower()]
+        raise ConfigError(f"{name}={value!r}: write true or false (yes/no and on/off also work).")
+    if base is int:
+        number = _number(value)
+        if number is None or not math.isfinite(number) or number != int(number):
+            raise ConfigError(f"{name}={value!r}: must be a whole number, such as 4.")
+        return int(number)
+    if base is float:
+        number = _number(value)
+        if number is None or not math.isfinite(number):
+            raise ConfigError(f"{name}={value!r}: must be a finite number, such as 0.5 or 5e-6.")
+        return float(number)
+    if base is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, datetime.date):  # YAML reads 2010-01-04 as a date
+            return value.isoformat()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{name}={value!r}: must be a text value.")
+    if base is list:
+        (item,) = typing.get_args(base_type_arg(tp)) or (Any,)
+        if isinstance(value, str):
+            raise ConfigError(f"{name}={value!r}: must be a list; write [{value}] in YAML, or the values after the "
+                              f"flag (--{name} {value}).")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}={value!r}: must be a list such as [a, b].")
+        return [coerce(f"{name}[{i}]", item, v) for i, v in enumerate(value)] if item is not Any else list(value)
+    if base is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}={value!r}: must be a mapping such as {{key: value}}.")
+        args = typing.get_args(base_type_arg(tp))
+        if len(args) != 2:
+            return dict(value)
+        return {coerce(f"{name} key", args[0], k): coerce(f"{name}.{k}", args[1], v) for k, v in value.items()}
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def base_type_arg(tp: Any) -> Any:
+    """``list[str] | None`` -> ``list[str]`` (the generic alias, with its arguments)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def coerce_fields(cfg: Any) -> None:
+    """Coerce every field of the dataclass instance ``cfg`` to its declared type (:func:`coerce`), in place.
+
+    Each config's ``__post_init__`` calls this first, so YAML, flags, notebook parameters and code are checked
+    alike, before any validation reads a value and before any model loads.
+    """
+    for name, tp in field_types(type(cfg)).items():
+        setattr(cfg, name, coerce(name, tp, getattr(cfg, name)))
+
+
+# ------------------------------------------------------------------ load / dump
 
 
 def base_type(tp: Any) -> Any:
@@ -84,6 +196,10 @@ def build(cls: type, yaml_path: str | Path | None = None, section: str | None = 
     if yaml_path:
         data = load_yaml(yaml_path)
         if section is not None:
+            stray = sorted(set(data) - set(FILE_SECTIONS))
+            if stray:
+                raise ConfigError(f"{yaml_path}: key(s) {stray} sit beside the {section}: section and would be ignored; "
+                                  f"move them into a section ({', '.join(s for s in FILE_SECTIONS if s in data)}).")
             data = data.get(section, {}) or {}
         values.update(data)
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stonklib import paths
-from stonklib.config.core import ConfigError, is_model_ref, is_time_zone, option, require
+from stonklib.config.core import ConfigError, check_model_ref, coerce_fields, is_time_zone, option, require
 
 #: The positive-control rules of ``stonk data build --plant`` (:mod:`stonklib.data.planted`).
 PLANTED = ("momentum", "threshold")
 REWARD_PARTS = ("direction", "magnitude", "confidence", "data_utilization", "format")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+#: The prompt templates' names (:data:`stonklib.prompts.TEMPLATES`, which a test holds equal to this), so a
+#: misspelt ``prompt_version`` fails with the rest of the config, before any model loads.
+PROMPT_VERSIONS = ("seed", "compact", "compact_example", "compact_format")
 #: What ``best/`` may be chosen by (validation numbers of :func:`stonklib.grpo.validation.answer_stats`).
 BEST_METRICS = ("val/mcc", "val/balanced_accuracy", "val/accuracy", "val/reward")
 #: ``triton_kernels`` -> the fast path's ``kernels=`` argument (:func:`stonklib.kernels.wanted`).
@@ -52,11 +55,14 @@ class DataConfig:
     flat_threshold_pct: float = option(0.0, "A next-day move with |change_pct_1| <= this (in percent) is flagged flat (it still counts as down).")
     tickers: list[str] = option([], "Restrict to these tickers (empty: all).")
     ticker: str | None = option(None, "With --source csv: the ticker of a one-ticker file without a ticker column (default: the file name), or the one ticker to keep from a many-ticker file.")
+    date_format: str | None = option(None, "With --source csv: the dates' strftime pattern, e.g. %d/%m/%Y (default: ISO dates, or a day/month order that the file's own dates settle; an ambiguous file is an error that asks for this).")
+    decimal: str = option("auto", "With --source csv: the numbers' decimal mark: auto (a comma in a ;-separated file whose prices hold commas, else a point), '.' or ','.")
     exchange_tz: str = option("America/New_York", "Exchange time zone: timestamps with a time of day and a zone are converted to this zone's trading date.")
     max_daily_move_pct: float | None = option(45.0, "A daily move beyond this many percent is treated as an unadjusted split: the ticker's series is cut there so no label or history spans it (0 or None: never cut).")
     plant: str | None = option(None, "A positive control: labels follow a rule of what the prompt shows instead of the market (momentum: the sign of the shown 1-day return; threshold: up iff the shown 5-day return is above 0). Every other field stays real. Default output: data/built/<source>-planted-<rule>.")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         require(self.source in ("sp500", "hf", "csv"), f"source={self.source!r}: use one of sp500, hf, csv.")
         require(self.source != "csv" or bool(self.csv), "source=csv needs --csv PATH to an OHLCV file.")
         if self.csv:
@@ -69,6 +75,9 @@ class DataConfig:
         require(self.flat_threshold_pct >= 0, "flat_threshold_pct must be >= 0.")
         require(self.max_daily_move_pct is None or self.max_daily_move_pct >= 0,
                 f"max_daily_move_pct={self.max_daily_move_pct}: must be >= 0 (45 catches 2:1 splits; 0 never cuts).")
+        require(self.decimal in ("auto", ".", ","), f"decimal={self.decimal!r}: use auto, '.' or ','.")
+        require(self.date_format is None or "%" in self.date_format,
+                f"date_format={self.date_format!r}: write a strftime pattern such as %d/%m/%Y.")
         require(is_time_zone(self.exchange_tz), f"exchange_tz={self.exchange_tz!r}: use an IANA zone such as America/New_York.")
         require(self.plant in (None, *PLANTED), f"plant={self.plant!r}: use one of {', '.join(PLANTED)} (or leave it unset "
                                                 "for the real labels).")
@@ -131,6 +140,7 @@ class RunConfig:
     tensorboard: bool = option(True, "Write TensorBoard scalars to output_dir/tb.")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         require(self.lora_r is not None and self.lora_r > 0, f"lora_r={self.lora_r}: must be positive.")
         require(self.batch_size >= 1, f"batch_size={self.batch_size}: must be at least 1 prompt.")
         require(self.grad_accum_steps >= 1 and self.batch_size % self.grad_accum_steps == 0,
@@ -147,6 +157,7 @@ class RunConfig:
         require(self.save_steps >= 1 and self.eval_steps >= 1, "save_steps and eval_steps must be at least 1.")
         require(self.max_train_samples >= 1, "max_train_samples must be at least 1.")
         require(self.device in ("auto", "cpu", "cuda"), f"device={self.device!r}: use auto, cpu or cuda.")
+        check_prompt_version(self.prompt_version)
         if self.data is not None:
             require(Path(self.data).is_dir(), f"data={self.data!r} is not a directory: build one with `stonk data build --out DIR`.")
 
@@ -180,8 +191,7 @@ class WarmupConfig(RunConfig):
                 "(coin is the label-free default).")
         check_justification(self.justification)
         require(self.direction_weight > 0, f"direction_weight={self.direction_weight}: must be > 0 (1: no extra weight).")
-        require(is_model_ref(self.model), f"model={self.model!r} is neither a directory nor a hub id (org/name). "
-                                          "Fetch the embedded model with `stonk model fetch smollm2` or pass a path.")
+        check_model_ref("model", self.model)
 
 
 def check_justification(template: str) -> set[str]:
@@ -235,6 +245,7 @@ class TrainConfig(RunConfig):
     multi_horizon: bool = option(False, "Also score days 2 and 3 (averaged with day 1).")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # again in RunConfig's (cheap): stage is read before it runs
         require(self.stage in (1, 2), f"stage={self.stage}: use 1 (balanced, from a base model) or 2 (natural, from Stage I).")
         if self.lora_r is None:
             self.lora_r = 16 if self.stage == 1 else 8
@@ -254,9 +265,11 @@ class TrainConfig(RunConfig):
         require(self.best_metric in BEST_METRICS, f"best_metric={self.best_metric!r}: use one of {', '.join(BEST_METRICS)}.")
         bad = set(self.reward_weights) - set(REWARD_PARTS)
         require(not bad, f"reward_weights has unknown parts {sorted(bad)}: use {', '.join(REWARD_PARTS)}.")
-        require(is_model_ref(self.stage1_model),
-                f"stage1_model={self.stage1_model!r} is neither a directory nor a hub id (org/name). "
-                "Fetch the embedded model with `stonk model fetch smollm2` or pass a path.")
+        check_model_ref("stage1_model", self.stage1_model)
+
+
+def check_prompt_version(version: str) -> None:
+    require(version in PROMPT_VERSIONS, f"prompt_version={version!r} is not a template; use one of {', '.join(PROMPT_VERSIONS)}.")
 
 
 def kernels_arg(cfg: RunConfig) -> bool | None:
@@ -290,14 +303,19 @@ class EvalConfig:
     seed: int = option(0, "Random seed for sampling and baselines.")
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         require(self.model is not None or self.predictions is not None,
                 "give --model (to generate predictions) or --predictions FILE.jsonl (to score an existing file).")
         require(self.split in ("train", "val", "test"), f"split={self.split!r}: use train, val or test.")
+        check_prompt_version(self.prompt_version)
+        require(self.device in ("auto", "cpu", "cuda"), f"device={self.device!r}: use auto, cpu or cuda.")
         require(self.limit is None or self.limit >= 1, f"limit={self.limit}: must be at least 1.")
         require(self.batch_size >= 1, "batch_size must be at least 1.")
         require(self.cost_bps >= 0, "cost_bps must be >= 0.")
         if self.predictions:
             require(Path(self.predictions).is_file(), f"predictions={self.predictions!r} does not exist.")
+        elif self.model is not None:
+            check_model_ref("model", self.model)
         if self.adapter:
             require(Path(self.adapter, "adapter_config.json").is_file(),
                     f"adapter={self.adapter!r} has no adapter_config.json: point it at a checkpoint-*/ or best/ folder.")

@@ -22,9 +22,14 @@ Typical use::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +54,8 @@ def load_source(cfg, progress: bool = False) -> SourceData:
     if cfg.source == "sp500":
         data = load_sp500()
     elif cfg.source == "csv":
-        data = read_ohlcv_csv(cfg.csv, ticker=cfg.ticker, exchange_tz=cfg.exchange_tz)
+        data = read_ohlcv_csv(cfg.csv, ticker=cfg.ticker, exchange_tz=cfg.exchange_tz, date_format=cfg.date_format,
+                              decimal=cfg.decimal)
     else:
         data = load_hf(cfg.hf_path, exchange_tz=cfg.exchange_tz, progress=progress)
     if cfg.tickers:
@@ -82,10 +88,6 @@ def build_dataset(cfg, progress: bool = True) -> dict[str, Any]:
     calendar = np.datetime_as_string(np.unique(data.prices["date"].to_numpy().astype("datetime64[D]")), unit="D")
     check_no_leakage(parts["train"], parts["val"], parts["test"], cfg.embargo, calendar=list(calendar))
 
-    out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    for name, part in parts.items():
-        _atomic(out / f"{name}.parquet", lambda tmp, t=part: pq.write_table(t, tmp))
     summary = {
         "source": cfg.source,
         "planted": cfg.plant,
@@ -99,18 +101,36 @@ def build_dataset(cfg, progress: bool = True) -> dict[str, Any]:
         "build_seconds": round(time.perf_counter() - start, 2),
         "config": to_dict(cfg),
     }
-    _atomic(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=str)))
+    with building(cfg.out_dir) as tmp:
+        for name, part in parts.items():
+            pq.write_table(part, str(tmp / f"{name}.parquet"))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def _atomic(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path``, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+@contextlib.contextmanager
+def building(out: Path) -> Iterator[Path]:
+    """A fresh sibling directory to write a build into, put in ``out``'s place only once everything is written.
+
+    A failure on the way (a full disk, an interrupt) removes the half-written sibling and leaves ``out`` as it
+    was, so a directory that counts as built (:func:`is_built`) is always one whole build. The swap is two
+    renames (the old directory aside, the new one in); the old one is then deleted.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(errno.EEXIST, "a file is in the way of the data folder", str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would become the build's
     try:
-        write(str(tmp))
-        os.replace(tmp, path)
+        yield tmp
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def split_stats(frame: pa.Table | pd.DataFrame) -> dict[str, Any]:

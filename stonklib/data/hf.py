@@ -46,7 +46,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from stonklib import paths
-from stonklib.data.sources import EXCHANGE_TZ, DataError, Skips, SourceData, clean_prices
+from stonklib.data.sources import EXCHANGE_TZ, DataError, Skips, SourceData, clean_prices, text_lines
 
 DATE_KEYS = ("date", "datetime", "timestamp", "time", "day")
 CLOSE_KEYS = ("close", "adj close", "adj_close", "price", "current_price", "last")
@@ -112,13 +112,12 @@ def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
     if path.suffix == ".parquet":
         yield from _numbered(pd.read_parquet(path).to_dict("records"))
     elif path.suffix == ".json":
-        data = _json(path.read_text(), path, 1)
+        data = _json("".join(t for _, t in text_lines(path)), path, 1)
         yield from _numbered(data if isinstance(data, list) else [data])
     else:
-        with path.open() as f:
-            for line_no, text in enumerate(f, start=1):
-                if text.strip():
-                    yield line_no, _json(text, path, line_no)
+        for line_no, text in text_lines(path):
+            if text.strip():
+                yield line_no, _json(text, path, line_no)
 
 
 def _json(text: str, path: Path, line: int) -> Any:

@@ -24,7 +24,7 @@ import importlib.resources
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,20 +90,27 @@ class SourceData:
 _TZ_SUFFIX = r"\s*(?:Z|UTC|[+-]\d{2}:?\d{2})$"
 
 
-def parse_dates(raw: pd.Series, exchange_tz: str = EXCHANGE_TZ) -> pd.Series:
+def parse_dates(raw: pd.Series, exchange_tz: str = EXCHANGE_TZ, date_format: str | None = None,
+                where: str | Path = "the file") -> pd.Series:
     """Parse to naive midnight timestamps of the exchange-local trading date (NaT if unparseable).
 
     A value written at local midnight (``2024-01-02``, ``2024-01-02 00:00-05:00``,
     or a daily bar stamped ``2024-01-02T00:00Z``) keeps its written date. A value
     with a time of day and a zone (``2024-01-02T21:00Z``) is converted to
     ``exchange_tz`` first, so a 4pm New York close stamped in UTC stays on its
-    trading day. Accepts ISO dates, ``YYYYMMDD`` and other formats pandas reads.
+    trading day. Accepts ISO dates, ``YYYYMMDD``, ``dd/mm/yyyy`` or ``mm/dd/yyyy`` (the order settled once
+    for the whole file: :func:`slashed_format`) and other formats pandas reads; ``date_format`` (a
+    ``strftime`` pattern such as ``%d/%m/%Y``) reads every value with that pattern instead.
     """
     codes, uniques = pd.factorize(raw.astype("string").str.strip())  # dates repeat across tickers
     u = pd.Series(uniques, dtype="string")
-    wall = _to_datetime(u.str.replace(_TZ_SUFFIX, "", regex=True), utc=False)
-    out = wall.dt.normalize()
-    zoned = u.str.contains(_TZ_SUFFIX, regex=True, na=False) & (wall != out)
+    if date_format:
+        out = pd.to_datetime(u, errors="coerce", format=date_format).dt.normalize()
+        zoned = pd.Series(False, index=u.index)
+    else:
+        wall = _to_datetime(u.str.replace(_TZ_SUFFIX, "", regex=True), utc=False, where=where)
+        out = wall.dt.normalize()
+        zoned = u.str.contains(_TZ_SUFFIX, regex=True, na=False) & (wall != out)
     if zoned.any():
         local = _to_datetime(u.where(zoned), utc=True).dt.tz_convert(exchange_tz).dt.tz_localize(None)
         out = out.where(~zoned, local.dt.normalize())
@@ -112,31 +119,66 @@ def parse_dates(raw: pd.Series, exchange_tz: str = EXCHANGE_TZ) -> pd.Series:
     return pd.Series(parsed, index=raw.index).astype("datetime64[us]")
 
 
-def _to_datetime(s: pd.Series, utc: bool) -> pd.Series:
-    """ISO first (fast, vectorized); anything else through pandas' general parser."""
+_SLASHED = r"^(\d{1,2})([/.-])(\d{1,2})\2(\d{4}|\d{2})$"  # 21/08/2009, 08.21.09, ...
+
+
+def _to_datetime(s: pd.Series, utc: bool, where: str | Path = "the file") -> pd.Series:
+    """ISO first (fast, vectorized); day/month dates in the file's one order; anything else (month names)
+    through pandas' general parser."""
     out = pd.to_datetime(s, errors="coerce", utc=utc, format="ISO8601")
     rest = out.isna() & s.notna()
     if rest.any():
-        out[rest] = pd.to_datetime(s[rest], errors="coerce", utc=utc, format="mixed")
+        parts = s[rest].str.extract(_SLASHED)
+        slashed = parts[0].notna()
+        if slashed.any():
+            fmt = slashed_format(parts[slashed], where)
+            out[rest & slashed.reindex(s.index, fill_value=False)] = pd.to_datetime(
+                s[rest][slashed], errors="coerce", utc=utc, format=fmt)
+        other = out.isna() & s.notna() & ~s.str.match(_SLASHED, na=False)
+        if other.any():
+            out[other] = pd.to_datetime(s[other], errors="coerce", utc=utc, format="mixed")
     return out
+
+
+def slashed_format(parts: pd.DataFrame, where: str | Path) -> str:
+    """The one ``strftime`` pattern of a file's ``n/n/yyyy`` dates (their regex groups: first number, separator,
+    second number, year), settled by the values where one number exceeds 12; never guessed per value."""
+    first, second = parts[0].astype(int), parts[2].astype(int)
+    day_first, month_first = bool((first > 12).any()), bool((second > 12).any())
+    sep = parts[1].iloc[0]
+    year = "%Y" if len(parts[3].iloc[0]) == 4 else "%y"
+    example = f"{parts[0].iloc[0]}{sep}{parts[2].iloc[0]}{sep}{parts[3].iloc[0]}"
+    if day_first and month_first:
+        raise DataError(f"{where}: the dates mix day/month and month/day orders (e.g. {example}); write them all one "
+                        f"way, or pass --date_format {'%d' + sep + '%m' + sep + year}.")
+    if not (day_first or month_first):
+        raise DataError(f"{where}: dates such as {example} could be day/month or month/day, and no date in the file "
+                        f"settles it. Pass --date_format {'%d' + sep + '%m' + sep + year} (day first) or "
+                        f"--date_format {'%m' + sep + '%d' + sep + year} (month first).")
+    return (f"%d{sep}%m{sep}{year}" if day_first else f"%m{sep}%d{sep}{year}")
 
 
 # ------------------------------------------------------------------------ csv
 def read_ohlcv_csv(path: str | Path, ticker: str | None = None, exchange_tz: str = EXCHANGE_TZ,
-                   source: str = "csv") -> SourceData:
+                   source: str = "csv", date_format: str | None = None, decimal: str = "auto") -> SourceData:
     """Read a user OHLCV CSV into the canonical price table (bad rows skipped and counted).
 
     Without a ticker column, ``ticker`` (or the file stem) names the one ticker.
-    With one, ``ticker`` keeps only that ticker's rows.
+    With one, ``ticker`` keeps only that ticker's rows. ``decimal`` is the numbers' decimal mark (``auto``:
+    a comma in a ``;``-separated file, else a point; :func:`decimal_mark`). Each ticker's dates must run one
+    way in file order (oldest or newest first), which catches a misread day/month order.
     """
     path = Path(path)
     sep = _sniff(path)
     try:
         raw = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise DataError(not_utf8(path)) from None
+    except pd.errors.ParserError as e:
         raise DataError(f"{path}: could not be read as CSV ({e}). Check that it is a comma-separated text "
                         "file with one header line.") from e
     raw = raw.fillna("")
+    _check_row_separator(raw, sep, path)
     raw.index = pd.RangeIndex(2, len(raw) + 2)  # the 1-based file line of each row (header is line 1)
     raw = raw[(raw != "").any(axis=1)]
     if raw.empty:
@@ -145,8 +187,37 @@ def read_ohlcv_csv(path: str | Path, ticker: str | None = None, exchange_tz: str
     df = pd.DataFrame({c: raw[src] for c, src in cols.items()}, index=raw.index)
     df = _with_tickers(df, path, ticker)
     skips = Skips()
-    prices = clean_prices(df, path, skips, exchange_tz, headers=cols)
+    prices = clean_prices(df, path, skips, exchange_tz, headers=cols, date_format=date_format,
+                          decimal=decimal_mark(decimal, sep, df["close"], path))
+    check_date_order(prices, path)
     return SourceData(prices, skips, source, [str(path)])
+
+
+def decimal_mark(decimal: str, sep: str, close: pd.Series, path: Path) -> str:
+    """``.`` or ``,``: as given, or for ``auto`` a comma when the file is ``;``-separated and its prices hold commas."""
+    if decimal in (".", ","):
+        return decimal
+    if decimal != "auto":
+        raise DataError(f"decimal={decimal!r}: use auto, '.' or ','.")
+    return "," if sep == ";" and close.astype("string").str.contains(",", regex=False).any() else "."
+
+
+def check_date_order(prices: pd.DataFrame, path: Path) -> None:
+    """A DataError unless each ticker's dates, in file order, only rise or only fall (a wrong day/month
+    reading scrambles them)."""
+    by_line = prices.sort_values("line", kind="stable")
+    step = by_line.groupby("ticker", sort=False)["date"].diff().dt.days
+    sign = np.sign(step).groupby(by_line["ticker"], sort=False)
+    mixed = (sign.max() > 0) & (sign.min() < 0)
+    if mixed.any():
+        t = mixed[mixed].index[0]
+        rows = by_line[by_line["ticker"] == t]
+        d = np.nan_to_num(np.sign(rows["date"].diff().dt.days).to_numpy())
+        first = d[np.nonzero(d)[0][0]]
+        at = int(rows["line"].to_numpy()[np.nonzero(d == -first)[0][0]])
+        raise DataError(f"{path}: the dates of {t} are out of order at line {at} ({rows['date'].iloc[0]:%Y-%m-%d} ... "
+                        f"then {rows['date'][rows['line'] == at].iloc[0]:%Y-%m-%d}). Sort the file by ticker and date, "
+                        "or, if the day/month order was misread, pass --date_format (e.g. %d/%m/%Y).")
 
 
 def _sniff(path: Path) -> str:
@@ -164,13 +235,51 @@ def _sniff(path: Path) -> str:
         text = head.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         if len(head) < 8192 or e.start < len(head) - 4:  # not just a multi-byte char cut at the buffer end
-            raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8 CSV.") from e
+            raise DataError(not_utf8(path)) from e
         text = head[: e.start].decode("utf-8-sig")
     if text.lstrip()[:1] in ("{", "["):
         raise DataError(f"{path}: looks like JSON, not CSV. Convert it, e.g. "
                         "pandas.read_json(path).to_csv('prices.csv', index=False).")
     header = text.splitlines()[0]
     return max([",", ";", "\t", "|"], key=header.count)
+
+
+def _check_row_separator(raw: pd.DataFrame, sep: str, path: Path) -> None:
+    """A DataError when the header is split by ``sep`` but the rows by another separator (each row one field)."""
+    if raw.shape[1] < 2 or raw.empty:
+        return
+    first = raw.iloc[:, 0].astype(str)
+    rest_empty = raw.iloc[:, 1:].eq("").all(axis=1)
+    for other in (";", ",", "\t", "|"):
+        if other != sep and (rest_empty & first.str.contains(other, regex=False)).mean() > 0.5:
+            shown = {"\t": "tab"}.get(other, repr(other))
+            raise DataError(f"{path}: the header is separated by {sep!r} but the rows by {shown} (line 2: "
+                            f"{first.iloc[0]!r}). Use one separator for the whole file.")
+
+
+def not_utf8(path: Path) -> str:
+    """Where ``path`` first stops being UTF-8 (line, byte offset, the byte) and how to convert it."""
+    offset = 0
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                at = offset + e.start
+                return (f"{path}: line {line_no} (byte {at}, 0x{raw[e.start]:02x}) is not UTF-8 text. Save the file as "
+                        f"UTF-8; from Latin-1 (Windows) text: iconv -f latin1 -t utf-8 {path} > fixed.csv")
+            offset += len(raw)
+    return f"{path}: not UTF-8 text; save it as UTF-8."
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of a UTF-8 text file; a line that is not UTF-8 is a DataError naming it."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError:
+                raise DataError(not_utf8(path)) from None
 
 
 def _key(name: str) -> str:
@@ -216,7 +325,8 @@ def _with_tickers(df: pd.DataFrame, path: Path, ticker: str | None) -> pd.DataFr
 
 # -------------------------------------------------------------------- cleaning
 def clean_prices(df: pd.DataFrame, path: str | Path, skips: Skips, exchange_tz: str = EXCHANGE_TZ,
-                 allow_missing_volume: bool = False, headers: dict[str, str] | None = None) -> pd.DataFrame:
+                 allow_missing_volume: bool = False, headers: dict[str, str] | None = None,
+                 date_format: str | None = None, decimal: str = ".") -> pd.DataFrame:
     """Validate raw string columns (ticker, date, close, volume; index = file line) into typed prices.
 
     Each bad row is skipped under exactly one reason, checked in this order:
@@ -241,10 +351,12 @@ def clean_prices(df: pd.DataFrame, path: str | Path, skips: Skips, exchange_tz: 
         bad |= new
 
     reject("ticker_missing", out["ticker"].isna() | (out["ticker"] == ""), "ticker", "Fill in the ticker column.")
-    out["date"] = parse_dates(df["date"], exchange_tz)
-    reject("date_unparseable", out["date"].isna(), "date", "Use ISO dates like 2024-01-31 (a time zone is fine).")
-    out["close"] = _numbers(df["close"], "close", reject, positive=True)
-    out["volume"] = _numbers(df["volume"], "volume", reject, positive=False, allow_missing=allow_missing_volume)
+    out["date"] = parse_dates(df["date"], exchange_tz, date_format, where=path)
+    reject("date_unparseable", out["date"].isna(), "date",
+           f"Use ISO dates like 2024-01-31 (a time zone is fine){' or fix --date_format ' + date_format if date_format else ''}.")
+    out["close"] = _numbers(df["close"], "close", reject, positive=True, decimal=decimal)
+    out["volume"] = _numbers(df["volume"], "volume", reject, positive=False, allow_missing=allow_missing_volume,
+                             decimal=decimal)
     for col in ("name", "sector", "industry"):
         if col in df:
             out[col] = df[col].astype("string").fillna("")
@@ -259,15 +371,29 @@ def clean_prices(df: pd.DataFrame, path: str | Path, skips: Skips, exchange_tz: 
     return out
 
 
-def _numbers(raw: pd.Series, name: str, reject, positive: bool, allow_missing: bool = False) -> pd.Series:
-    s = raw.astype("string").str.strip().str.replace(",", "", regex=False).str.lstrip("$")
+#: Thousands groups, for each decimal mark: only a separator in exactly this shape is removed.
+_GROUPED = {".": r"^\$?\d{1,3}(,\d{3})+(\.\d*)?$", ",": r"^\$?\d{1,3}(\.\d{3})+(,\d*)?$"}
+
+
+def _numbers(raw: pd.Series, name: str, reject, positive: bool, allow_missing: bool = False,
+             decimal: str = ".") -> pd.Series:
+    """Plain numbers from strings. A thousands separator is dropped only where it groups digits in threes; any
+    other comma (``25,55`` under a decimal point) makes the value not a number, so it is counted, never misread."""
+    s = raw.astype("string").str.strip()
+    group = "," if decimal == "." else "."
+    grouped = s.str.match(_GROUPED[decimal], na=False)
+    s = s.where(~grouped, s.str.replace(group, "", regex=False)).str.lstrip("$")
+    if decimal == ",":
+        s = s.where(s.str.contains(".", regex=False, na=False), s.str.replace(",", ".", regex=False))
     missing = s.isna() | (s == "") | s.str.lower().isin(["nan", "na", "n/a", "null", "none", "-"])
     num = pd.to_numeric(s.where(~missing), errors="coerce").astype("float64")
     kind = "price" if name == "close" else "volume"
     if not allow_missing:
         reject(f"{kind}_missing", missing, name, f"Fill in the {name} column.")
+    comma_hint = (" A comma that is not a thousands separator reads as a decimal comma only with --decimal ','."
+                  if decimal == "." and s.str.contains(",", regex=False, na=False).any() else "")
     reject(f"{kind}_not_a_number", ~missing & ~np.isfinite(num), name,
-           f"The {name} column must hold plain numbers like 123.45.")
+           f"The {name} column must hold plain numbers like 123.45.{comma_hint}")
     if positive:
         reject(f"{kind}_not_positive", ~missing & (num <= 0), name, f"Prices must be > 0; check the {name} column.")
     else:

@@ -93,7 +93,13 @@ def generate_predictions(cfg: EvalConfig, examples: Sequence[Example] | None = N
         partial.write_text("", encoding="utf-8")
         meta_path.write_text(json.dumps(meta))
     if done < len(examples):
-        _generate_into(cfg, examples, partial, done, progress)
+        try:
+            _generate_into(cfg, examples, partial, done, progress)
+        except BaseException:
+            if partial.stat().st_size == 0:  # nothing to resume from (the model did not load, say): leave nothing behind
+                partial.unlink(missing_ok=True)
+                meta_path.unlink(missing_ok=True)
+            raise
     os.replace(partial, final)
     meta_path.unlink(missing_ok=True)
     log.info("wrote %d predictions to %s", len(examples), final)

@@ -13,6 +13,7 @@ non-JSON line                          skipped, counted as ``invalid_json``
 a JSON value that is not an object     skipped, counted as ``not_an_object``
 a required field missing or null       skipped, counted as ``missing_<field>``
 ``actual_change_pct`` NaN/inf          skipped, counted as ``nan_actual_change_pct``
+|``actual_change_pct``| > 100           skipped, counted as ``implausible_actual_change_pct``
 a second row for the same ticker+date  skipped, counted as ``duplicate_ticker_date``
 blank line                             ignored (not counted)
 ``predicted_direction`` not up/down/   error naming file, line and field
@@ -22,6 +23,7 @@ unparseable date
 ``confidence`` NaN or missing          kept, treated as missing (scored as 50)
 ``confidence`` outside [0, 100]        clipped, counted in ``confidence_clipped``
 ``predicted_pct`` NaN                  kept, treated as missing
+|``predicted_pct``| > 100               kept, treated as missing, counted in ``implausible_predicted_pct``
 no valid row at all                    error
 =====================================  =========================================
 
@@ -41,6 +43,7 @@ from typing import Any
 import pandas as pd
 
 from stonklib.data.records import Example
+from stonklib.data.sources import DataError, text_lines
 from stonklib.evaluate.metrics import to_jsonable
 
 REQUIRED = ("ticker", "date", "actual_change_pct", "predicted_direction")
@@ -122,32 +125,45 @@ def read_predictions(path: str | Path) -> Predictions:
     skipped: Counter[str] = Counter()
     seen: set[tuple[str, str]] = set()
     clipped = 0
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                skipped["invalid_json"] += 1
-                continue
-            if not isinstance(obj, dict):
-                skipped["not_an_object"] += 1
-                continue
-            row, reason, was_clipped = _validate(obj, path, lineno)
-            if reason is None and (row["ticker"], row["date"]) in seen:
-                reason = "duplicate_ticker_date"
-            if reason is not None:
-                skipped[reason] += 1
-                continue
-            seen.add((row["ticker"], row["date"]))
-            clipped += was_clipped
-            rows.append(row)
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            skipped["invalid_json"] += 1
+            continue
+        if not isinstance(obj, dict):
+            skipped["not_an_object"] += 1
+            continue
+        row, reason, was_clipped = _validate(obj, path, lineno)
+        if reason is None and (row["ticker"], row["date"]) in seen:
+            reason = "duplicate_ticker_date"
+        if reason is not None:
+            skipped[reason] += 1
+            continue
+        seen.add((row["ticker"], row["date"]))
+        if row.pop("_implausible_predicted_pct", False):
+            skipped["implausible_predicted_pct"] += 1  # the row is kept; only its move is dropped
+        clipped += was_clipped
+        rows.append(row)
     if not rows:
         raise PredictionsFileError(
             f"{path}: no valid prediction rows (skipped: {dict(skipped) or 'the file is empty'}). Each line must be a "
             f"JSON object with {', '.join(REQUIRED)}. {_FIX}")
     return Predictions(frame_from_rows(rows), str(path), dict(skipped), clipped)
+
+
+#: Largest believable one-day move, in percent, either way (a fall cannot pass 100 %).
+MAX_MOVE_PCT = 100.0
+
+
+def _lines(path: Path):
+    """(line number, text); a file that is not UTF-8 text (binary, or Latin-1) is an error naming its line."""
+    try:
+        yield from text_lines(path)
+    except DataError as e:
+        raise PredictionsFileError(f"{e} {_FIX}") from None
 
 
 def _validate(obj: dict[str, Any], path: Path, lineno: int) -> tuple[dict[str, Any], str | None, bool]:
@@ -171,6 +187,12 @@ def _validate(obj: dict[str, Any], path: Path, lineno: int) -> tuple[dict[str, A
         row[k] = _number(obj.get(k), k, where)
     if row["actual_change_pct"] is None:
         return row, "nan_actual_change_pct", False
+    if abs(row["actual_change_pct"]) > MAX_MOVE_PCT:  # a corrupt row; scored, it would swamp every return
+        return row, "implausible_actual_change_pct", False
+    for k in ("predicted_pct", "day2_pct", "day3_pct"):
+        if row.get(k) is not None and abs(row[k]) > MAX_MOVE_PCT:
+            row[k] = None
+            row["_implausible_predicted_pct"] = True
     c = row["confidence"]
     was_clipped = c is not None and not 0 <= c <= 100
     if was_clipped:

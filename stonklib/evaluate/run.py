@@ -70,6 +70,7 @@ def run_evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     result["baselines"], result["baselines_unavailable"] = compute_baselines(df, train, cfg.cost_bps, base, cfg.seed)
     result["breakdowns"] = compute_breakdowns(df, cfg.cost_bps, base)
     result["skipped"] = preds.skipped
+    result["rows_read"] = len(preds.frame)
     result["confidence_clipped"] = preds.confidence_clipped
     result["predictions_file"] = str(pred_path)
     result["base_model"] = base_ref
@@ -133,11 +134,24 @@ def _p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
 
 
+#: Fewest scored rows the verdict judges: below it, a binomial test against the majority rate says nothing.
+MIN_VERDICT_N = 30
+
+
 def verdict(metrics: dict[str, Any]) -> str:
     """One plain-language paragraph on whether the accuracy shows skill, stated honestly."""
     acc, (lo, hi), p = metrics["accuracy"], metrics["accuracy_ci95"], metrics["binom_p_value"]
     p0, n = metrics["majority_rate"], metrics["n"]
     head = f"Accuracy {acc:.2f} [{lo:.2f}, {hi:.2f}] on n={n}"
+    skips = {k: v for k, v in (metrics.get("skipped") or {}).items() if k != "implausible_predicted_pct"}
+    lines = sum(skips.values()) + int(metrics.get("rows_read") or n)
+    skip_note = (f"{sum(skips.values())} of {lines} prediction lines were skipped "
+                 f"({', '.join(f'{k} {v}' for k, v in sorted(skips.items()))}), so this judges the rest only"
+                 if sum(skips.values()) > 0.5 * lines else None)
+    if n < MIN_VERDICT_N:
+        text = (f"{head}: too few rows to judge skill (at least {MIN_VERDICT_N} are needed for a meaningful test "
+                f"against the majority baseline {p0:.2f})")
+        return "; ".join([text, *([skip_note] if skip_note else [])]) + "."
     if p < SIGNIFICANCE:
         parts = [f"{head} is above the majority baseline {p0:.2f} ({_p(p)}, one-sided binomial)"]
     elif acc > p0:
@@ -149,6 +163,8 @@ def verdict(metrics: dict[str, Any]) -> str:
     if scored:
         best = max(scored, key=scored.get)
         parts.append(f"the best baseline is {best} at {scored[best]:.2f}")
+    if skip_note:
+        parts.append(skip_note)
     if metrics["parse_rate"] < 0.95:
         parts.append(f"only {metrics['parse_rate']:.0%} of completions parsed (unparsed rows count as wrong)")
     n_days = (metrics.get("backtest") or {}).get("n_days") or n

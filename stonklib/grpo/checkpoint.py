@@ -8,13 +8,20 @@ A checkpoint folder ``checkpoint-{step}/`` holds:
 - ``trainer_state.json``: step, epoch, data position, best validation reward, market
   statistics and the byte sizes of the JSONL logs at this step.
 
+- ``manifest.json``, written last: the size and SHA-256 of every other file.
+
 A folder counts as complete only once it has been renamed from ``*.tmp``; a crash
-mid-write leaves a ``.tmp`` folder that :func:`latest_checkpoint` ignores.
+mid-write leaves a ``.tmp`` folder that :func:`latest_checkpoint` ignores. A complete folder
+damaged later (a truncated adapter or optimizer file, a disk that filled up) fails its manifest:
+:func:`latest_checkpoint` names it and falls back to the newest checkpoint that passes.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -31,6 +38,7 @@ if TYPE_CHECKING:
     from stonklib.grpo.distributed import Dist
 
 STATE = "trainer_state.json"
+MANIFEST = "manifest.json"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -63,10 +71,11 @@ def save_checkpoint(folder: Path, *, model, tokenizer, optimizer, scheduler, sta
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
+    for name, obj in (("optimizer.pt", optimizer.state_dict()), ("scheduler.pt", scheduler.state_dict()),
+                      ("rng.pt", rng_state())):
+        _save(obj, tmp / name)
     (tmp / STATE).write_text(json.dumps(state, indent=2))
+    (tmp / MANIFEST).write_text(json.dumps(manifest(tmp), indent=2))
     _fsync_dir(tmp)
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
@@ -74,6 +83,17 @@ def save_checkpoint(folder: Path, *, model, tokenizer, optimizer, scheduler, sta
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _save(obj: Any, path: Path) -> None:
+    """``torch.save``, with a failed write (PyTorch reports a full disk as "unexpected pos ...") as an OSError
+    naming the file, so the CLI says what happened instead of printing a traceback."""
+    try:
+        torch.save(obj, path)
+    except RuntimeError as e:
+        if "unexpected pos" not in str(e) and "write" not in str(e):
+            raise
+        raise OSError(errno.ENOSPC, f"writing the checkpoint failed ({e}); the disk is probably full", str(path)) from e
 
 
 def _fsync_dir(d: Path) -> None:
@@ -92,9 +112,54 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    ckpts = list_checkpoints(output_dir)
-    return ckpts[-1] if ckpts else None
+def manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """file name -> its size and SHA-256, for every file of ``folder`` but the manifest."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[str(p.relative_to(folder))] = {"bytes": p.stat().st_size, "sha256": h.hexdigest()}
+    return out
+
+
+def damage(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from (a file missing, cut short or changed, an unreadable state), or None.
+
+    Checkpoints written before manifests existed are checked for a readable ``trainer_state.json`` only.
+    """
+    try:
+        json.loads((folder / STATE).read_text())
+    except (OSError, ValueError) as e:
+        return f"{folder / STATE} is unreadable ({e})"
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        want = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        return f"{folder / MANIFEST} is unreadable ({e})"
+    have = manifest(folder)
+    for name, entry in want.items():
+        got = have.get(name)
+        if got is None:
+            return f"{folder / name} is missing"
+        if got["bytes"] != entry["bytes"]:
+            return f"{folder / name} has {got['bytes']} bytes, {entry['bytes']} when it was written"
+        if got["sha256"] != entry["sha256"]:
+            return f"{folder / name} has changed since it was written (checksum mismatch)"
+    return None
+
+
+def latest_checkpoint(output_dir: str | Path, log: Any = None) -> Path | None:
+    """The newest complete checkpoint that passes its manifest; each damaged newer one is logged by name."""
+    for ckpt in reversed(list_checkpoints(output_dir)):
+        why = damage(ckpt)
+        if why is None:
+            return ckpt
+        (log or logging.getLogger(__name__)).warning("resume: skipping %s: %s; trying the previous checkpoint", ckpt.name, why)
+    return None
 
 
 def load_training_state(folder: Path, optimizer, scheduler) -> dict[str, Any]:

@@ -412,7 +412,7 @@ class GRPOTrainer:
         D.barrier(self.dist)
 
     def _resume(self) -> None:
-        ckpt = D.broadcast(latest_checkpoint(self.cfg.output_dir), self.dist)  # rank 0's view decides
+        ckpt = D.broadcast(latest_checkpoint(self.cfg.output_dir, self.log), self.dist)  # rank 0's view decides
         if ckpt is None:  # nothing to continue: start again with empty logs, so no line is written twice
             self.log.truncate({})
             self.log.info("resume: no complete checkpoint in %s, starting fresh", self.cfg.output_dir)
