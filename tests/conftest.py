@@ -66,3 +66,15 @@ def example(**over) -> Example:
 @pytest.fixture
 def make_example():
     return example
+
+
+@pytest.fixture(scope="session")
+def learning_curve():
+    """``benchmarks/learning_curve.py`` as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_curve.py"
+    spec = importlib.util.spec_from_file_location("learning_curve", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

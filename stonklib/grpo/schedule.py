@@ -1,4 +1,5 @@
-"""What the GRPO and warm-up loops share about their steps: the data order and the learning-rate schedule.
+"""What the GRPO and warm-up loops share about their steps: the data order, the learning-rate schedule and
+the guarded optimizer step.
 
 Both loops are step-indexed: step ``s`` of a run reads the same examples and the same learning rate
 whether the run was interrupted or not, which is what makes ``--resume`` exact.
@@ -34,3 +35,15 @@ def make_scheduler(cfg, optimizer, total_steps: int):
     name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.lr_scheduler]
     return get_scheduler(name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                          num_training_steps=total_steps)
+
+
+def guarded_step(optimizer, scheduler, loss: float, grad_norm: float) -> bool:
+    """Apply the update unless the loss or the gradient norm is not finite (one bad batch must not poison the
+    LoRA weights); either way advance the schedule, so step ``s`` keeps its learning rate, and clear the
+    gradients. Returns whether the update was skipped (the caller counts it)."""
+    skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+    if not skipped:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return skipped

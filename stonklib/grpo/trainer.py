@@ -66,7 +66,7 @@ from stonklib.grpo.dynamic import RESAMPLE_SALT, Groups, refill
 from stonklib.grpo.loss import group_advantages, grpo_loss
 from stonklib.grpo.market import MarketStats
 from stonklib.grpo.runlog import RunLog
-from stonklib.grpo.schedule import batch_indices, make_scheduler, steps_per_epoch
+from stonklib.grpo.schedule import batch_indices, guarded_step, make_scheduler, steps_per_epoch
 from stonklib.grpo.validation import answer_counts, answer_stats, greedy_answers
 from stonklib.models import adapters_off
 from stonklib.prompts import fit_prompt
@@ -232,13 +232,8 @@ class GRPOTrainer:
         # Means over ranks, so every rank logs the same numbers and takes the same skip decision.
         stats = D.mean_over_ranks(dict(zip(keys, values, strict=True)), self.dist)
         total_loss = stats.pop("loss")
-        skipped = not (math.isfinite(total_loss) and math.isfinite(stats["grad_norm"]))
-        if skipped:
-            self.skipped_updates += 1
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        skipped = guarded_step(self.optimizer, self.scheduler, total_loss, stats["grad_norm"])
+        self.skipped_updates += skipped
         return total_loss, stats, skipped
 
     def _graphed_passes(self, roll: Rollout, advantages: torch.Tensor):

@@ -43,7 +43,7 @@ from stonklib.grpo.checkpoint import (
     save_checkpoint,
 )
 from stonklib.grpo.runlog import RunLog
-from stonklib.grpo.schedule import batch_indices, make_scheduler, steps_per_epoch
+from stonklib.grpo.schedule import batch_indices, guarded_step, make_scheduler, steps_per_epoch
 from stonklib.grpo.validation import answer_counts, answer_stats, greedy_answers
 from stonklib.prompts import fit_prompt
 from stonklib.rewards import score
@@ -129,13 +129,7 @@ class WarmupTrainer:
             total += float(loss.detach())
             tokens += float(cmask.sum())
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
-        skipped = not (math.isfinite(total) and math.isfinite(grad_norm))
-        if skipped:
-            self.skipped_updates += 1
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_updates += guarded_step(self.optimizer, self.scheduler, total, grad_norm)
         return {"loss": total, "grad_norm": grad_norm, "target_tokens": tokens, "skipped_updates": self.skipped_updates}
 
     # ------------------------------------------------------------------ loop
