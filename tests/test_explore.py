@@ -281,13 +281,13 @@ def test_fresh_output_dir(tmp_path):
 def test_config_from_takes_the_fields_a_parameters_cell_assigned():
     from stonklib.config import EvalConfig
 
-    namespace = {"model": "m", "split": "val", "limit": 7, "workbook": workbook, "frames": None}  # non-fields ignored
+    namespace = {"model": "org/m", "split": "val", "limit": 7, "workbook": workbook, "frames": None}  # non-fields ignored
     cfg = workbook.config_from(EvalConfig, namespace, limit=9)
-    assert cfg.model == "m" and cfg.split == "val" and cfg.limit == 9 and cfg.seed == EvalConfig(model="m").seed
+    assert cfg.model == "org/m" and cfg.split == "val" and cfg.limit == 9 and cfg.seed == EvalConfig(model="org/m").seed
 
 
 @pytest.mark.parametrize(("cls_name", "values"), [("DataConfig", {"embargo": 4}), ("TrainConfig", {"seed": 7}),
-                                                   ("EvalConfig", {"model": "m", "seed": 7})])
+                                                   ("EvalConfig", {"model": "org/m", "seed": 7})])
 def test_parameters_source_lists_every_field_as_a_literal(cls_name, values):
     import ast
     import dataclasses
@@ -352,7 +352,9 @@ def test_evaluation_plan_without_stage1(tmp_path):
     assert "No Stage I model is configured" in workbook.stage1_note(plan)
 
 
-def test_evaluation_plan_with_stage1_and_without_adapter(tmp_path):
+def test_evaluation_plan_with_stage1_and_without_adapter(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "stage1" / "final").mkdir(parents=True)  # the Stage I model the run recorded exists
     final = adapter_run(tmp_path, "runs/stage1/final")
     cfg = EvalConfig(model="Qwen/Qwen2.5-1.5B-Instruct", adapter=str(final), out=str(tmp_path / "eval"))
     plan = workbook.evaluation_plan(cfg)

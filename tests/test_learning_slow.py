@@ -38,16 +38,21 @@ def test_the_warmup_alone_makes_the_model_answer_in_the_format(embedded, tmp_pat
 
 
 def test_grpo_from_the_warmup_learns_a_planted_rule(learning_curve, embedded, tmp_path):
-    """Held-out accuracy on the planted momentum rule rises well above where GRPO starts (fixed random seed)."""
+    """Held-out accuracy on the planted momentum rule rises well above where GRPO starts (fixed random seed).
+
+    The slowest test (about 30 minutes on 2 cores): a 16-step warm-up and 64 GRPO steps with the collapse
+    controls of configs/learning_planted_cpu.yaml."""
     data = learning_curve.main([
         "--config", str(ROOT / "configs" / "learning_planted_cpu.yaml"), "--dataset", "planted:momentum",
         "--results", str(tmp_path / "results"), "--name", "planted_cpu_test", "--machine", "test",
         "--set", f"warmup.output_dir={tmp_path / 'warmup'}", "--set", f"train.output_dir={tmp_path / 'grpo'}",
-        "--set", f"warmup.model={embedded}"])
+        "--set", f"warmup.model={embedded}", "--set", "warmup.seed=3", "--set", "train.seed=3",
+        "--set", "train.max_steps=64"])
     acc = data["verdict"]["accuracy"]
     assert acc["last"] - acc["first"] >= MARGIN, acc
     assert (tmp_path / "results" / "test-learning_curve-planted_cpu_test-" f"{data['date']}.json").is_file()
 
 
-#: The rise the planted test asks for: measured rises on CPU are in docs/learning.md.
-MARGIN = 0.2
+#: The rise the planted test asks for. Measured with this budget (random seed 3, 64 GRPO steps): +0.25 on the
+#: 2-core CPU (0.56 -> 0.81, 28 min); on one H200 with seeds 1, 2, 3 at step 64: +0.29, +0.19, +0.25.
+MARGIN = 0.15
