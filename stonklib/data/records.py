@@ -116,3 +116,7 @@ def _jsonable(x: Any) -> Any:
         return float(x)
     except (TypeError, ValueError):
         return str(x)
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file/row/field and how to fix it."""
