@@ -87,9 +87,11 @@ def visible_history(example: Example) -> list[HistoryRow]:
 
 
 def describe(example: Example) -> str:
-    """The description, or name/sector/industry when the source has none."""
-    if example.description.strip():
-        return example.description.strip()
+    """The description (after the company's name, unless it already says it), or name/sector/industry when
+    the source has none."""
+    text, name = example.description.strip(), example.name.strip()
+    if text:
+        return text if not name or name.lower() in text.lower() else f"{name}. {text}"
     bits = [example.name.strip() or example.ticker]
     if example.sector.strip():
         bits.append(f"Sector: {example.sector.strip()}")
@@ -99,11 +101,11 @@ def describe(example: Example) -> str:
 
 
 def metrics(example: Example) -> list[tuple[str, str]]:
-    """(name, formatted value): the source's numeric metrics, then the derived ones that exist."""
-    out = []
-    for k, v in dict(example.financial_metrics).items():
-        if _finite(v):
-            out.append((str(k), _num(v)))
+    """(name, formatted value): the source's numeric metrics (after their report's date, where the source
+    dates them), then the derived ones that exist."""
+    out = [(str(k), _num(v)) for k, v in dict(example.financial_metrics).items() if _finite(v)]
+    if out and example.financials_date:
+        out.insert(0, ("report_date", example.financials_date))
     for k in ("return_1d", "return_5d", "return_10d", "volatility_10d"):
         v = getattr(example, k)
         if _finite(v):

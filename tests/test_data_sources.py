@@ -19,7 +19,7 @@ from stonklib.data import (
     read_ohlcv_csv,
     to_examples,
 )
-from stonklib.data.hf import financial_metrics, history_entries, news_headlines
+from stonklib.data.hf_schema import financial_metrics, history_entries, news_headlines
 from stonklib.data.sources import sp500_files
 
 FIXTURES = Path(__file__).parent / "fixtures"

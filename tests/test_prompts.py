@@ -102,9 +102,14 @@ def test_news_capped_at_8_and_omitted_when_absent():
     assert "RECENT NEWS" not in build_prompt(Example.from_row({**ROW, "news": []}))
 
 
-def test_description_used_when_present():
-    ex = Example.from_row({**ROW, "description": "Makes anvils."})
-    assert "Description: Makes anvils.\n" in build_prompt(ex)
+@pytest.mark.parametrize("name,description,shown", [
+    ("", "Makes anvils.", "Makes anvils."),
+    ("Acme Corp", "Makes anvils.", "Acme Corp. Makes anvils."),  # the name is shown once, before the description
+    ("Acme Corp", "Acme Corp makes anvils.", "Acme Corp makes anvils."),
+])
+def test_description_used_when_present(name, description, shown):
+    ex = Example.from_row({**ROW, "name": name, "description": description})
+    assert f"Description: {shown}\n" in build_prompt(ex)
 
 
 def test_accepts_parquet_row_dict():

@@ -16,6 +16,8 @@ from stonklib.config.core import ConfigError, check_model_ref, coerce_fields, is
 
 #: The positive-control rules of ``stonk data build --plant`` (:mod:`stonklib.data.planted`).
 PLANTED = ("momentum", "threshold")
+#: What a built dataset's direction labels measure (``docs/data.md``, "Two labels").
+LABELS = ("next_close", "intraday")
 REWARD_PARTS = ("direction", "magnitude", "confidence", "data_utilization", "format")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 #: The prompt templates' names (:data:`stonklib.prompts.TEMPLATES`, which a test holds equal to this), so a
@@ -59,6 +61,7 @@ class DataConfig:
     decimal: str = option("auto", "With --source csv: the numbers' decimal mark: auto (a comma in a ;-separated file whose prices hold commas, else a point), '.' or ','.")
     exchange_tz: str = option("America/New_York", "Exchange time zone: timestamps with a time of day and a zone are converted to this zone's trading date.")
     max_daily_move_pct: float | None = option(45.0, "A daily move beyond this many percent is treated as an unadjusted split: the ticker's series is cut there so no label or history spans it (0 or None: never cut).")
+    label: str = option("next_close", "What a day's direction is: next_close (the default: the next trading day's close against the as-of close, the seed's task) or intraday (each next day's own close against its own open, the DeepStock dataset's 'buy if close > open'; the prompt shows neither). Needs a source with opens (sp500, hf, or a csv with an open column).")
     plant: str | None = option(None, "A positive control: labels follow a rule of what the prompt shows instead of the market (momentum: the sign of the shown 1-day return; threshold: up iff the shown 5-day return is above 0). Every other field stays real. Default output: data/built/<source>-planted-<rule>.")
 
     def __post_init__(self) -> None:
@@ -79,6 +82,7 @@ class DataConfig:
         require(self.date_format is None or "%" in self.date_format,
                 f"date_format={self.date_format!r}: write a strftime pattern such as %d/%m/%Y.")
         require(is_time_zone(self.exchange_tz), f"exchange_tz={self.exchange_tz!r}: use an IANA zone such as America/New_York.")
+        require(self.label in LABELS, f"label={self.label!r}: use one of {', '.join(LABELS)}.")
         require(self.plant in (None, *PLANTED), f"plant={self.plant!r}: use one of {', '.join(PLANTED)} (or leave it unset "
                                                 "for the real labels).")
 

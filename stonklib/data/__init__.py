@@ -2,7 +2,7 @@
 
 The arrows, one module each::
 
-    sources (sp500 | csv) / hf  ->  features (labels, metrics, history)  ->  splits  ->  build (parquet + summary)
+    sources (sp500 | csv) / hf (+ hf_schema)  ->  features (labels, metrics, history)  ->  splits  ->  build (parquet + summary)
 
 ``records`` holds the one typed record every source is converted into. Run
 ``stonk data build --source sp500`` (or :func:`build_dataset`) once; then use
@@ -36,6 +36,7 @@ from stonklib.data.sources import (
 from stonklib.data.splits import (
     LeakageError,
     check_embargo,
+    check_field_dates,
     check_history_dates,
     check_no_leakage,
     chronological_split,
@@ -46,7 +47,7 @@ from stonklib.data.splits import (
 
 __all__ = [
     "SCHEMA", "DataError", "Example", "HistoryRow", "LeakageError", "Skips", "SourceData",
-    "build_dataset", "build_examples", "check_embargo", "check_history_dates", "check_no_leakage",
+    "build_dataset", "build_examples", "check_embargo", "check_field_dates", "check_history_dates", "check_no_leakage",
     "chronological_split", "ensure_data", "format_summary", "is_built", "load_examples", "load_hf",
     "load_source", "load_split", "load_sp500", "load_summary", "parse_dates", "read_ohlcv_csv",
     "sample_dates_spread", "sample_examples", "split_dates", "split_stats", "to_examples",

@@ -74,12 +74,14 @@ def build_dataset(cfg, progress: bool = True) -> dict[str, Any]:
     data = load_source(cfg, progress=progress)
     read_skips = sum(n for reason, n in data.skips.counts.items() if reason != "history_entry_invalid")
     n_rows = int(data.prices["asof"].sum()) + read_skips  # every row read: kept, or skipped while reading
+    if cfg.label == "intraday":
+        check_opens(data)
     table = build_examples(data.prices, cfg, data.skips, progress=progress)
     if cfg.plant:
         table = plant(table, cfg.plant)
     if table.num_rows == 0:
         raise DataError(f"no examples could be built from {data.paths}; skipped {data.skips.as_dict()}. "
-                        f"Each ticker needs at least min_history + 3 = {cfg.min_history + 3} trading days.")
+                        + rows_needed(data.prices, cfg))
     dates = dates_of(table)
     sd = split_dates(dates, cfg.val_frac, cfg.test_frac, cfg.embargo)
     parts = {name: take(table, np.isin(dates, getattr(sd, name))) for name in SPLITS}
@@ -95,7 +97,9 @@ def build_dataset(cfg, progress: bool = True) -> dict[str, Any]:
         "n_input_rows": n_rows,
         "n_examples": sum(p.num_rows for p in parts.values()),
         "splits": {name: split_stats(part) for name, part in parts.items()},
+        "label": cfg.label,
         "skipped": data.skips.as_dict(),
+        "dropped": dict(sorted(data.dropped.items())),
         "skipped_lines": {k: v for k, v in sorted(data.skips.lines.items()) if v},
         "embargo_dates": {"train_val": list(sd.embargo_train_val), "val_test": list(sd.embargo_val_test)},
         "build_seconds": round(time.perf_counter() - start, 2),
@@ -106,6 +110,25 @@ def build_dataset(cfg, progress: bool = True) -> dict[str, Any]:
             pq.write_table(part, str(tmp / f"{name}.parquet"))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def check_opens(data: SourceData) -> None:
+    """The intraday label reads each day's open: a source without any is an error naming the fix."""
+    p = data.prices
+    if "open" not in p or not p["open"].notna().any():
+        raise DataError(f"label=intraday needs each day's open, and {data.paths[0]} has none"
+                        f"{' (no open column)' if 'open' not in p else ' (every open is missing)'}. Use a source "
+                        "with opens (sp500, hf with price.open, or a csv with an open column), or --label next_close.")
+
+
+def rows_needed(prices: pd.DataFrame, cfg) -> str:
+    """Why no example came out: the rows each ticker needs and the rows it has (the shortest first)."""
+    need = max(cfg.min_history, 2) + 3
+    have = prices[prices["asof"]].groupby("ticker").size().sort_values() if len(prices) else pd.Series(dtype=int)
+    found = ", ".join(f"{t} {n}" for t, n in have.head(10).items()) + (f", ... ({len(have)} tickers)" if len(have) > 10 else "")
+    return (f"Each ticker needs at least max(min_history, 2) + 3 = {need} trading days (rows) to make one example "
+            f"(min_history={cfg.min_history} before it, 3 after it); found {found or 'none'}. Add rows (a longer "
+            "export), or lower --min_history (the 10-day metrics need 11).")
 
 
 @contextlib.contextmanager
@@ -161,8 +184,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{name:<6}{s['n']:>9,}{s['up_rate']:>8.1%}{s['down_rate']:>8.1%}{s['flat_rate']:>7.1%}  "
                      f"{s['date_min'] + '..' + s['date_max']:<23}{s['tickers']:>8}")
     skipped = summary.get("skipped", {})
+    dropped = summary.get("dropped", {})
     if skipped:
         lines.append("skipped: " + ", ".join(f"{k} {v:,}" for k, v in sorted(skipped.items(), key=lambda kv: -kv[1])))
+    if dropped:
+        lines.append("dropped (rows kept, field not shown): " + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())))
+    if summary.get("label", "next_close") != "next_close":
+        lines.append(f"label: {summary['label']}")
     return "\n".join(lines)
 
 

@@ -9,7 +9,9 @@ example ever rescans the data. The output columns are exactly
 
 Conventions (``t`` = the as-of row, ``k`` = 1, 2, 3):
 
-- ``change_pct_k = 100 * (close[t+k] / close[t+k-1] - 1)``; ``direction_k`` is
+- ``change_pct_k = 100 * (close[t+k] / close[t+k-1] - 1)`` (with ``label: intraday``,
+  ``100 * (close[t+k] / open[t+k] - 1)``: day t+k's own move, from columns the prompt
+  never shows; rows whose label days lack an open are skipped as ``open_missing``); ``direction_k`` is
   ``"up"`` if ``change_pct_k > 0`` else ``"down"``; ``flat_1`` is
   ``|change_pct_1| <= flat_threshold_pct`` (a flat day still counts as down).
 - ``history``: the up-to-``history_window`` most recent rows dated on or before
@@ -57,7 +59,8 @@ SCHEMA = pa.schema([
     ("news", pa.list_(pa.string())),
     ("return_1d", pa.float64()), ("return_5d", pa.float64()), ("return_10d", pa.float64()),
     ("volatility_10d", pa.float64()), ("volume_ratio", pa.float64()),
-    ("financial_metrics", pa.string()), ("source", pa.string()),
+    ("financial_metrics", pa.string()), ("financials_date", pa.string()), ("news_date", pa.string()),
+    ("source", pa.string()),
 ])
 HORIZON = 3  # labels look this many rows ahead
 
@@ -100,11 +103,16 @@ def shift(a: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def labels(close: np.ndarray, seg: Segments, flat_threshold_pct: float) -> dict[str, np.ndarray]:
-    """change_pct_k / direction_k for k = 1..3 and flat_1 (NaN change where the segment ends first)."""
+def labels(close: np.ndarray, seg: Segments, flat_threshold_pct: float,
+           open_: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """change_pct_k / direction_k for k = 1..3 and flat_1 (NaN change where the segment ends first).
+
+    With ``open_`` (the intraday label), day k's move is its own open to close, ``close[t+k] / open[t+k]``;
+    a missing open makes that change NaN."""
     out: dict[str, np.ndarray] = {}
     for k in range(1, HORIZON + 1):
-        change = 100.0 * (shift(close, -k) / shift(close, -(k - 1)) - 1.0)
+        base = shift(close, -(k - 1)) if open_ is None else shift(open_, -k)
+        change = 100.0 * (shift(close, -k) / base - 1.0)
         change[seg.pos + k >= seg.length] = np.nan
         out[f"change_pct_{k}"] = change
         out[f"direction_{k}"] = np.where(change > 0, "up", "down")
@@ -179,6 +187,15 @@ def chunk_examples(p: pd.DataFrame, calendar: np.ndarray, cfg, skips: Skips) -> 
     cal_idx = np.searchsorted(calendar, day)
     seg = segments(p["ticker"].to_numpy(dtype=object), close, cfg.max_daily_move_pct)
     ok, reason = skip_reasons(p["asof"].to_numpy(bool), seg, max(cfg.min_history, 2), cal_idx)
+    intraday = getattr(cfg, "label", "next_close") == "intraday"
+    open_ = p["open"].to_numpy(np.float64) if intraday and "open" in p else None
+    if intraday and open_ is None:
+        open_ = np.full(len(p), np.nan)
+    labs = labels(close, seg, cfg.flat_threshold_pct, open_)
+    if intraday:  # every day a label reads needs its own open
+        no_open = ok & ~np.isfinite(np.stack([labs[f"change_pct_{k}"] for k in range(1, HORIZON + 1)])).all(axis=0)
+        reason[no_open] = "open_missing"
+        ok &= ~no_open
     lines = p["line"].to_numpy()
     for r in np.unique(reason[reason != ""]):
         skips.add(str(r), int((reason == r).sum()), lines[reason == r])
@@ -186,13 +203,15 @@ def chunk_examples(p: pd.DataFrame, calendar: np.ndarray, cfg, skips: Skips) -> 
     iso = np.datetime_as_string(calendar, unit="D")[cal_idx]
     cols = {"ticker": pa.array(p["ticker"].to_numpy(dtype=object)[rows], pa.string()),
             "date": pa.array(iso[rows], pa.string()), "close": pa.array(close[rows])}
-    cols.update({k: pa.array(v[rows]) for k, v in labels(close, seg, cfg.flat_threshold_pct).items()})
+    cols.update({k: pa.array(v[rows]) for k, v in labs.items()})
     cols["history"] = history_lists(rows, seg.pos, cfg.history_window, iso, close, volume)
     for name in ("name", "sector", "industry", "description"):
         cols[name] = _text_column(p, name, rows)
     cols["news"] = _news_column(p, rows)
     cols.update({k: pa.array(v[rows], from_pandas=True) for k, v in derived(close, volume, seg).items()})
     cols["financial_metrics"] = _text_column(p, "financial_metrics", rows, default="{}")
+    for name in ("financials_date", "news_date"):
+        cols[name] = _text_column(p, name, rows)
     cols["source"] = pa.array(np.full(len(rows), cfg.source, dtype=object), pa.string())
     return pa.table([cols[f.name] for f in SCHEMA], schema=SCHEMA)
 

@@ -1,90 +1,87 @@
-"""The DeepStock hub dataset (``--source hf``), parsed at the edge into canonical prices.
+"""The DeepStock hub dataset (``--source hf``): read its rows wherever they are, merge them into prices.
 
-Real users get the rows from ``datasets.load_dataset(HF_DATASET)`` (all of its
-splits; we re-split chronologically ourselves). ``hf_path`` may instead name a
-local ``.jsonl``/``.json``/``.parquet`` file, a directory of them, a
-``save_to_disk`` directory, or another hub id.
+Real users get the rows from ``datasets.load_dataset(HF_DATASET)`` (all of its splits; we re-split
+chronologically ourselves). ``hf_path`` may instead name any export of it:
 
-Each row is ``{"ticker", "company_info": {...}}`` where ``company_info`` (a dict
-or a JSON string) holds ``ticker``, ``current_date``, ``price``, optional
-``historical_data``, ``news``, ``financial_metrics``/``financials`` and
-``company_info`` (name, description). The parser accepts the variants seen in
-the DeepStock datasets and scripts that use them:
+- a ``.jsonl``/``.json`` file (``Dataset.to_json``: dates as epoch milliseconds; ISO dates load too);
+- a ``.parquet`` file, or a directory of them, the hub's own layout (``data/train-*.parquet``) included;
+- a ``save_to_disk`` directory (``dataset_dict.json`` or ``state.json`` inside);
+- another hub id.
 
-- ``price``: a number, or a dict with ``close`` (or ``price``/``current_price``)
-  and optionally ``volume``, ``close_previous``;
-- ``historical_data``: a list of ``{date, close, volume}`` dicts or
-  ``[date, close, volume]`` lists, a ``{date: {close, volume}}`` or
-  ``{date: close}`` dict, a columnar ``{"date": [...], "close": [...]}`` dict or
-  a pandas ``{"Close": {date: value}}`` dict (any of them JSON-encoded too);
-- ``news``: a list of strings or of ``{title|headline}`` dicts, or a dict such as
-  ``{"news_headlines": [...]}``;
-- ``financial_metrics``/``financials``: a dict (or ``{"financials": "<json>"}``);
-  scalar values are kept, nested ones dropped.
+:mod:`stonklib.data.hf_schema` parses each row (the real schema, what is never read and why).
 
-Labels. Every row's own ``(current_date, close)`` and every entry of every
-row's ``historical_data`` are merged into one daily series per ticker (a row's
-own price wins over a history entry for the same day; overlapping history
-entries are expected and deduplicated silently). Examples are made only at the
-rows' own dates, and their labels come from the next closes of that series:
-the future part of the row's ``historical_data`` when it has one, otherwise the
-following rows of the same ticker (the dataset is one row per ticker per day).
-History shown in a prompt is always the part of the series dated on or before
-the row's date. Volumes may be missing in this source: they become NaN and
-``volume_ratio`` is then null.
+Labels. Every row's own ``(date, close)`` and every entry of a row's ``historical_data`` (older
+third-party exports; the real rows have none) are merged into one daily series per ticker (a row's own
+price wins over a history entry for the same day). Examples are made only at the rows' own dates, and
+their labels come from the next closes of that series (or, with ``label: intraday``, from the next days'
+own open and close). History shown in a prompt is always the part of the series dated on or before the
+row's date. The real rows have no volume: volumes are NaN and ``volume_ratio`` is null.
 """
 
 from __future__ import annotations
 
 import json
-import math
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from stonklib import paths
+from stonklib.data.hf_schema import parse_hf_row
 from stonklib.data.sources import EXCHANGE_TZ, DataError, Skips, SourceData, clean_prices, text_lines
 
-DATE_KEYS = ("date", "datetime", "timestamp", "time", "day")
-CLOSE_KEYS = ("close", "adj close", "adj_close", "price", "current_price", "last")
 HEADERS = {"ticker": "company_info.ticker", "date": "company_info.current_date",
-           "close": "company_info.price.close", "volume": "company_info.price.volume"}
+           "close": "company_info.price.close", "volume": "company_info.price.volume", "open": "company_info.price.open"}
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+#: What the hub error suggests: an export this loader reads (epoch-ms dates and all).
+EXPORT_HINT = ("datasets.load_dataset({name!r})['train'].to_json('deepstock.jsonl') (or .to_parquet('deepstock.parquet'), "
+               "or .save_to_disk('deepstock')) and pass --hf_path with that path")
 
 
 def load_hf(hf_path: str | None = None, exchange_tz: str = EXCHANGE_TZ, progress: bool = False) -> SourceData:
     """Load and parse the DeepStock rows into canonical prices (see the module docstring)."""
     rows, where = read_hf_rows(hf_path)
-    skips = Skips()
+    skips, dropped = Skips(), Counter()
     asof, history = [], []
     for line, row in tqdm(rows, desc="hf rows", unit="row", disable=not progress):
-        parsed = parse_hf_row(row, line, skips)
+        parsed = parse_hf_row(row, line, skips, dropped)
         if parsed is not None:
             asof.append(parsed[0])
             history.extend(parsed[1])
     if not asof:
         raise DataError(f"{where}: no rows with a company_info could be read; skipped {skips.as_dict()}.")
     prices = _merge(asof, history, where, skips, exchange_tz)
-    return SourceData(prices, skips, "hf", [where])
+    return SourceData(prices, skips, "hf", [where], dropped)
 
 
 # ----------------------------------------------------------------------- read
 def read_hf_rows(hf_path: str | None) -> tuple[Iterable[tuple[int, Any]], str]:
-    """(row number, row) pairs from a local file/dir or the hub, and a name for messages."""
+    """(row number, row) pairs from a local file/dir or the hub, and a name for messages.
+
+    A directory's files are read in path order and numbered on from one another (the second file's
+    first row follows the first file's last line), so a number names one row of the directory."""
     target = hf_path or paths.HF_DATASET
     p = Path(target).expanduser()
     if p.is_file():
-        return list(_file_rows(p)), str(p)
+        if p.suffix not in DATA_SUFFIXES:
+            raise DataError(f"{p}: not a .jsonl, .json or .parquet file; export the dataset with {EXPORT_HINT.format(name=paths.HF_DATASET)}.")
+        return _file_rows(p), str(p)
     if p.is_dir():
         if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
             from datasets import load_from_disk
             return _numbered(_dataset_rows(load_from_disk(str(p)))), str(p)
-        files = sorted(f for f in p.iterdir() if f.suffix in (".jsonl", ".json", ".parquet"))
+        files = sorted(f for f in p.rglob("*") if f.suffix in DATA_SUFFIXES and f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
         if not files:
-            raise DataError(f"{p}: no .jsonl, .json or .parquet files inside; point --hf_path at the data files.")
-        return [(n, r) for f in files for n, r in _file_rows(f)], str(p)
+            raise DataError(f"{p}: no .jsonl, .json or .parquet files inside (nor in its subfolders, such as the hub's "
+                            "data/); point --hf_path at the data files.")
+        return _files_rows(files), str(p)
+    if p.suffix in DATA_SUFFIXES or len(Path(target).parts) > 2 or target.startswith((".", "/", "~")):
+        raise DataError(f"{target}: no such file or directory; check --hf_path.")
     return _numbered(_dataset_rows(_load_hub(target))), target
 
 
@@ -94,8 +91,7 @@ def _load_hub(name: str):
         return load_dataset(name)
     except Exception as e:  # the datasets/hub stack raises many unrelated types; we re-raise with a fix
         raise DataError(f"could not load the hub dataset {name!r} ({type(e).__name__}: {e}). Where the hub is "
-                        f"reachable, run datasets.load_dataset({name!r})['train'].to_json('deepstock.jsonl') "
-                        "and pass --hf_path deepstock.jsonl.") from e
+                        f"reachable, run {EXPORT_HINT.format(name=name)}.") from e
 
 
 def _dataset_rows(ds) -> Iterator[dict]:
@@ -104,13 +100,23 @@ def _dataset_rows(ds) -> Iterator[dict]:
         yield from split
 
 
-def _numbered(rows: Iterable[dict]) -> Iterator[tuple[int, dict]]:
-    return ((i, r) for i, r in enumerate(rows, start=1))
+def _numbered(rows: Iterable[dict], start: int = 1) -> Iterator[tuple[int, dict]]:
+    return ((i, r) for i, r in enumerate(rows, start=start))
+
+
+def _files_rows(files: list[Path]) -> Iterator[tuple[int, Any]]:
+    offset = 0
+    for f in files:
+        last = 0
+        for n, row in _file_rows(f):
+            last = n
+            yield offset + n, row
+        offset += last
 
 
 def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
     if path.suffix == ".parquet":
-        yield from _numbered(pd.read_parquet(path).to_dict("records"))
+        yield from _numbered(_parquet_rows(path))
     elif path.suffix == ".json":
         data = _json("".join(t for _, t in text_lines(path)), path, 1)
         yield from _numbered(data if isinstance(data, list) else [data])
@@ -120,6 +126,16 @@ def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 yield line_no, _json(text, path, line_no)
 
 
+def _parquet_rows(path: Path) -> Iterator[dict]:
+    """Rows as plain Python values (dates as ``datetime.date``, lists as lists), a batch at a time."""
+    try:
+        f = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a file that is not parquet
+        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e}).") from e
+    for batch in f.iter_batches(batch_size=4096):
+        yield from batch.to_pylist()
+
+
 def _json(text: str, path: Path, line: int) -> Any:
     try:
         return json.loads(text)
@@ -127,142 +143,13 @@ def _json(text: str, path: Path, line: int) -> Any:
         raise DataError(f"{path}: line {line} is not valid JSON ({e.msg}); each line must be one JSON object.") from e
 
 
-# ---------------------------------------------------------------------- parse
-def parse_hf_row(row: Any, line: int, skips: Skips) -> tuple[dict, list[dict]] | None:
-    """One hub row -> (as-of record, history entries), or None (counted in ``skips``)."""
-    info = _mapping(row.get("company_info", row) if isinstance(row, dict) else None)
-    if info is None:
-        skips.add("hf_company_info_unreadable", 1, [line])
-        return None
-    inner = _mapping(_get(info, "company_info", "profile", "info")) or {}
-    ticker = _get(info, "ticker", "symbol") or _get(row, "ticker", "symbol")
-    close, volume = _price(_get(info, "price", "prices", "current_price"))
-    rec = {
-        "line": line, "ticker": _text(ticker), "date": _text(_get(info, "current_date", "date") or _get(row, "current_date", "date")),
-        "close": _text(close), "volume": _text(volume),
-        "name": _text(_get(inner, "name", "longname", "shortname") or _get(info, "name", "company_name")),
-        "sector": _text(_get(inner, "sector") or _get(info, "sector")),
-        "industry": _text(_get(inner, "industry") or _get(info, "industry")),
-        "description": _text(_get(inner, "description", "longbusinesssummary") or _get(info, "description")),
-        "news": news_headlines(_get(info, "news", "news_headlines", "headlines")),
-        "financial_metrics": json.dumps(financial_metrics(_get(info, "financial_metrics", "financials", "metrics")),
-                                        sort_keys=True),
-    }
-    hist = [{"line": line, "ticker": rec["ticker"], "date": _text(d), "close": _text(c), "volume": _text(v)}
-            for d, c, v in history_entries(_get(info, "historical_data", "history", "historical_prices"))]
-    return rec, hist
-
-
-def _get(d: Any, *keys: str) -> Any:
-    """The first present, non-empty value among ``keys`` (case-insensitive)."""
-    if not isinstance(d, dict):
-        return None
-    lower = {str(k).lower(): v for k, v in d.items()}
-    for k in keys:
-        v = lower.get(k)
-        if v is not None and not (isinstance(v, float) and math.isnan(v)) and v != "":
-            return v
-    return None
-
-
-def _mapping(x: Any) -> dict | None:
-    if isinstance(x, str):
-        try:
-            x = json.loads(x)
-        except json.JSONDecodeError:
-            return None
-    return x if isinstance(x, dict) else None
-
-
-def _text(x: Any) -> str:
-    return "" if x is None else str(x).strip()
-
-
-def _price(p: Any) -> tuple[Any, Any]:
-    if isinstance(p, dict):
-        return _get(p, *CLOSE_KEYS), _get(p, "volume", "vol")
-    return p, None
-
-
-def history_entries(h: Any) -> list[tuple[Any, Any, Any]]:
-    """(date, close, volume) triples from any of the historical_data shapes."""
-    if isinstance(h, str):
-        h = _mapping(h) if h.strip().startswith("{") else _list(h)
-    if isinstance(h, list):
-        out = []
-        for item in h:
-            if isinstance(item, dict):
-                out.append((_get(item, *DATE_KEYS), _get(item, *CLOSE_KEYS), _get(item, "volume", "vol")))
-            elif isinstance(item, (list, tuple)) and len(item) >= 2:
-                out.append((item[0], item[1], item[2] if len(item) > 2 else None))
-        return out
-    if not isinstance(h, dict) or not h:
-        return []
-    lower = {str(k).lower(): v for k, v in h.items()}
-    date_col = next((lower[k] for k in DATE_KEYS if isinstance(lower.get(k), list)), None)
-    close_col = next((lower[k] for k in CLOSE_KEYS if k in lower), None)
-    vol_col = lower.get("volume")
-    if date_col is not None and isinstance(close_col, list):  # columnar
-        vols = vol_col if isinstance(vol_col, list) else [None] * len(date_col)
-        if not len(date_col) == len(close_col) == len(vols):
-            return []  # columns that do not line up cannot be paired safely
-        return list(zip(date_col, close_col, vols, strict=True))
-    if isinstance(close_col, dict):  # pandas to_dict(): {"Close": {date: value}}
-        vols = vol_col if isinstance(vol_col, dict) else {}
-        return [(d, c, vols.get(d)) for d, c in close_col.items()]
-    return [(d, *_price(v)) for d, v in h.items()]  # {date: {close, volume}} or {date: close}
-
-
-def _list(text: str) -> list:
-    try:
-        x = json.loads(text)
-    except json.JSONDecodeError:
-        return []
-    return x if isinstance(x, list) else []
-
-
-def news_headlines(n: Any) -> list[str]:
-    """Headlines as strings from a list, a list of dicts, a dict wrapper or a JSON string."""
-    if isinstance(n, str):
-        s = n.strip()
-        return news_headlines(_list(s) or _mapping(s)) if s[:1] in "[{" else ([s] if s else [])
-    if isinstance(n, dict):
-        return news_headlines(_get(n, "news_headlines", "headlines", "news", "items", "articles"))
-    if not isinstance(n, (list, tuple)) and not hasattr(n, "tolist"):
-        return []
-    out = []
-    for item in list(n):
-        text = _get(item, "title", "headline", "text", "summary") if isinstance(item, dict) else item
-        if isinstance(text, str) and text.strip():
-            out.append(text.strip())
-    return out
-
-
-def financial_metrics(f: Any) -> dict[str, Any]:
-    """A flat ``{metric: number-or-text}`` dict; unwraps ``{"financials": "<json>"}``."""
-    f = _mapping(f) if isinstance(f, str) else f
-    if not isinstance(f, dict):
-        return {}
-    if len(f) == 1 and isinstance(next(iter(f.values())), (str, dict)):
-        inner = _mapping(next(iter(f.values())))
-        if inner is not None:
-            f = inner
-    out: dict[str, Any] = {}
-    for k, v in f.items():
-        if isinstance(v, bool) or isinstance(v, str):
-            out[str(k)] = v
-        elif isinstance(v, (int, float)) and math.isfinite(v):
-            out[str(k)] = float(v)
-    return out
-
-
 # ---------------------------------------------------------------------- merge
 def _merge(asof: list[dict], history: list[dict], where: str, skips: Skips, exchange_tz: str) -> pd.DataFrame:
     """Validate the rows and the history entries, then merge them into one series per ticker."""
     a = pd.DataFrame(asof).set_index("line", drop=False)
     a.index.name = None
-    text = a[["line", "description", "news", "financial_metrics"]]
-    prices = clean_prices(a[["ticker", "date", "close", "volume", "name", "sector", "industry"]], where, skips,
+    text = a[["line", "description", "news", "news_date", "financial_metrics", "financials_date"]]
+    prices = clean_prices(a[["ticker", "date", "close", "volume", "open", "name", "sector", "industry"]], where, skips,
                           exchange_tz, allow_missing_volume=True, headers=HEADERS)
     prices = prices.merge(text, on="line", how="left")
     if history:

@@ -12,8 +12,12 @@ Label conventions (as in the seed):
   next-day move from the as-of close.
 - ``direction_k`` is ``"up"`` if ``change_pct_k > 0``, otherwise ``"down"``;
   ``flat_1`` flags moves with ``|change_pct_1| <= flat_threshold_pct``.
+- With ``label: intraday`` (:class:`stonklib.config.DataConfig`), ``change_pct_k``
+  is instead the k-th next trading day's own move, open to close:
+  ``100 * (close[t+k] / open[t+k] - 1)`` (the DeepStock dataset's "buy if close >
+  open"); the prompt shows neither that day's open nor its close.
 - Every number shown in a prompt (history, metrics, previous close) is dated on
-  or before ``date``, the as-of date.
+  or before ``date``, the as-of date; so are ``financials_date`` and ``news_date``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class Example:
     volatility_10d: float | None = None  # std of the last 10 daily % returns
     volume_ratio: float | None = None  # today's volume / mean volume of the previous 10 days
     financial_metrics: Mapping[str, Any] = field(default_factory=dict)  # extra metrics from the source (hf)
+    financials_date: str = ""  # ISO date of the report financial_metrics come from ("" when unknown); <= date
+    news_date: str = ""  # ISO date of the headlines ("" when unknown); <= date
     source: str = "sp500"
 
     @property
@@ -105,7 +111,7 @@ class Example:
             if v is not None and (not isinstance(v, (int, float)) or math.isnan(float(v))):
                 kw[k] = None
         kw["flat_1"] = bool(kw.get("flat_1", False))
-        for k in ("name", "sector", "industry", "description"):
+        for k in ("name", "sector", "industry", "description", "financials_date", "news_date"):
             v = kw.get(k)
             kw[k] = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
         return cls(**kw)

@@ -44,6 +44,7 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "ticker": ("ticker", "symbol", "tickersymbol", "code"),
     "close": ("close", "adjclose", "adjustedclose", "closeprice", "price", "last"),
     "volume": ("volume", "vol"),
+    "open": ("open", "openprice"),
     "name": ("name", "companyname", "company"),
     "sector": ("sector",),
     "industry": ("industry",),
@@ -82,6 +83,7 @@ class SourceData:
     skips: Skips
     source: str
     paths: list[str]
+    dropped: Counter = field(default_factory=Counter)  # fields left out of kept rows (hf: look-ahead financials)
 
 
 # ------------------------------------------------------------------------ csv
@@ -283,6 +285,8 @@ def clean_prices(df: pd.DataFrame, path: str | Path, skips: Skips, exchange_tz: 
     out["close"] = _numbers(df["close"], "close", reject, positive=True, decimal=decimal)
     out["volume"] = _numbers(df["volume"], "volume", reject, positive=False, allow_missing=allow_missing_volume,
                              decimal=decimal)
+    if "open" in df:  # optional: only the intraday label reads it, so a bad open is NaN, never a skipped row
+        out["open"] = opens(df["open"], decimal)
     for col in ("name", "sector", "industry"):
         if col in df:
             out[col] = df[col].astype("string").fillna("")
@@ -325,6 +329,13 @@ def _numbers(raw: pd.Series, name: str, reject, positive: bool, allow_missing: b
     else:
         reject(f"{kind}_negative", ~missing & (num < 0), name, f"Volumes must be >= 0; check the {name} column.")
     return num
+
+
+def opens(raw: pd.Series, decimal: str = ".") -> pd.Series:
+    """The day's open as a float: NaN where it is missing, not a number or not positive (the intraday label then
+    skips the rows that need it, counted as ``open_missing``)."""
+    num = _numbers(raw, "open", lambda *a: None, positive=True, allow_missing=True, decimal=decimal)
+    return num.where(np.isfinite(num) & (num > 0))
 
 
 # ---------------------------------------------------------------------- sp500

@@ -10,7 +10,9 @@ an earlier split uses a close that a later split's label uses.
 runs it before writing anything):
 
 1. every history date is on or before its row's as-of date, ``history[0]`` is
-   the as-of date and history is strictly most-recent-first;
+   the as-of date and history is strictly most-recent-first; so are the dates of
+   the financial report and of the headlines a row shows (``financials_date``,
+   ``news_date``);
 2. at least ``embargo`` trading dates lie strictly between
    ``train.date.max()`` and ``val.date.min()``, and likewise val/test.
 
@@ -158,6 +160,27 @@ def check_embargo(train: pd.DataFrame | pa.Table, val: pd.DataFrame | pa.Table, 
                                f"{b_name}.date.min() = {b_min}, need >= {embargo}. Rebuild with chronological_split(embargo={embargo}).")
 
 
+#: Dated fields a prompt may show, each of which must be on or before the row's as-of date ("" = undated).
+DATED_FIELDS = ("financials_date", "news_date")
+
+
+def check_field_dates(frame: pd.DataFrame | pa.Table, name: str = "data") -> None:
+    """Raise LeakageError if a row's financial report or headlines are dated after its as-of date."""
+    if len(frame) == 0:
+        return
+    dates = dates_of(frame)
+    cols = frame.column_names if isinstance(frame, pa.Table) else list(frame.columns)
+    for field in (f for f in DATED_FIELDS if f in cols):
+        raw = frame.column(field).to_pylist() if isinstance(frame, pa.Table) else frame[field].tolist()
+        values = np.asarray(["" if v is None or v != v else str(v) for v in raw], dtype=object)
+        late = np.flatnonzero((values != "") & (values > dates))
+        if len(late):
+            i = int(late[0])
+            tickers = frame.column("ticker").to_pylist() if isinstance(frame, pa.Table) else frame["ticker"].tolist()
+            raise LeakageError(f"{name}: row {i} ({tickers[i]}, as-of {dates[i]}) shows {field} {values[i]}, after "
+                               "its as-of date.")
+
+
 def check_no_leakage(train: pd.DataFrame | pa.Table, val: pd.DataFrame | pa.Table | None = None,
                      test: pd.DataFrame | pa.Table | None = None, embargo: int = 0,
                      calendar: Sequence[str] | None = None) -> None:
@@ -165,6 +188,7 @@ def check_no_leakage(train: pd.DataFrame | pa.Table, val: pd.DataFrame | pa.Tabl
     for name, frame in (("train", train), ("val", val), ("test", test)):
         if frame is not None:
             check_history_dates(frame, name)
+            check_field_dates(frame, name)
     if val is not None and test is not None:
         check_embargo(train, val, test, embargo, calendar)
 
