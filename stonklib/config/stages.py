@@ -35,9 +35,14 @@ JUSTIFICATION_VALUES = ("date", "close", "previous_close", "day_change_pct", "re
 #: Placeholders that print the same number (the day's change is the 1-day return): they count once.
 SAME_VALUE = {"return_1d": "day_change_pct"}
 MIN_CITED_VALUES = 5  # what data_utilization pays in full for
-DEFAULT_JUSTIFICATION = ("On {date} the stock closed at ${close} after ${previous_close} on {previous_date} "
-                         "({day_change_pct}%); its 5-day return was {return_5d}% and its 10-day volatility "
-                         "{volatility_10d}%.")
+#: The metrics line as the compact prompts print it: a verbatim copy is what a 135M model learns in 30 steps
+#: (a sentence citing the same values in new words was not: ``docs/warmup.md``).
+DEFAULT_JUSTIFICATION = ("return_1d {return_1d}%, return_5d {return_5d}%, return_10d {return_10d}%, "
+                         "volatility_10d {volatility_10d}%, volume_ratio {volume_ratio}.")
+#: The justification of the first warm-up measurements (kept for comparison).
+SENTENCE_JUSTIFICATION = ("On {date} the stock closed at ${close} after ${previous_close} on {previous_date} "
+                          "({day_change_pct}%); its 5-day return was {return_5d}% and its 10-day volatility "
+                          "{volatility_10d}%.")
 
 
 # --------------------------------------------------------------------------- data
@@ -180,6 +185,7 @@ class WarmupConfig(RunConfig):
     output_dir: str = option("runs/warmup", "Where logs, checkpoints and the final adapter go; the GRPO stage then starts from output_dir/final.")
     direction_source: str = option("coin", "Where each target's direction comes from: coin (a seeded balanced coin per example and day: label-free, the default), momentum (the sign of the 1-day return the prompt shows; an ablation) or label (the true next-day direction: supervised classification, a baseline, not the method).")
     justification: str = option(DEFAULT_JUSTIFICATION, "The target's justification line, with {placeholders} for values the prompt shows (" + ", ".join(JUSTIFICATION_VALUES) + f"); it must cite at least {MIN_CITED_VALUES} distinct values, so the data_utilization reward pays in full.")
+    magnitude_decimals: int = option(2, "Decimals of each target's predicted move (the 10-day volatility the prompt shows): 2 copies it as printed, which the warm-up learns; 1 rounds it (the first measured setting).")
     direction_weight: float = option(50.0, "Loss weight of each target's day-1 direction word against 1 for every other token: with the coin's two faces, it is what pulls every prompt's day-1 odds to even within a short warm-up (docs/warmup.md).")
     max_train_samples: int = option(2000, "Use at most this many training examples (their targets are built by code).")
     epochs: int = option(1, "Passes over the sampled training examples.")
@@ -194,6 +200,7 @@ class WarmupConfig(RunConfig):
                 f"direction_source={self.direction_source!r}: use one of {', '.join(DIRECTION_SOURCES)} "
                 "(coin is the label-free default).")
         check_justification(self.justification)
+        require(self.magnitude_decimals in (1, 2), f"magnitude_decimals={self.magnitude_decimals}: use 1 or 2.")
         require(self.direction_weight > 0, f"direction_weight={self.direction_weight}: must be > 0 (1: no extra weight).")
         check_model_ref("model", self.model)
 
@@ -304,7 +311,11 @@ class EvalConfig:
     quantize: bool = option(False, "Load the model in 4-bit NF4.")
     device: str = option("auto", "auto, cpu or cuda.")
     base_predictions: str | None = option(None, "Predictions JSONL of the untuned base model on the same rows (the base-model baseline).")
-    seed: int = option(0, "Random seed for sampling and baselines.")
+    seed: int = option(0, "Random seed for sampling, baselines and the date bootstrap.")
+    num_samples: int = option(1, "Answers per prompt: 1 scores the one answer (greedy unless --no-greedy); n > 1 samples n answers (temperature, top_p) in one batched call and scores their vote: the majority direction (a tie is unknown), the vote share as the confidence, the median magnitude.")
+    vote_curve: list[int] = option([], "Also generate and score the rows with each of these numbers of samples (e.g. 1 4 8; needs --model): metrics.json gains accuracy_by_samples and accuracy_by_samples.png, notebook 05 plots accuracy against n (empty: none).")
+    bootstrap_resamples: int = option(2000, "Resamples of the date block bootstrap behind the date-clustered intervals, the verdict's p-value and the smallest detectable edge (docs/evaluation.md).")
+    compare_predictions: str | None = option(None, "A second predictions JSONL (another run on the same rows): metrics.json gains 'comparison', a paired McNemar test of the two and their ensemble.")
 
     def __post_init__(self) -> None:
         coerce_fields(self)
@@ -316,6 +327,12 @@ class EvalConfig:
         require(self.limit is None or self.limit >= 1, f"limit={self.limit}: must be at least 1.")
         require(self.batch_size >= 1, "batch_size must be at least 1.")
         require(self.cost_bps >= 0, "cost_bps must be >= 0.")
+        require(self.num_samples >= 1, f"num_samples={self.num_samples}: must be at least 1 (1: one answer per prompt).")
+        require(all(int(k) >= 1 for k in self.vote_curve), f"vote_curve={self.vote_curve}: each number of samples must be >= 1.")
+        require(not self.vote_curve or self.model is not None, "vote_curve needs --model: the rows are generated again for each n.")
+        require(self.bootstrap_resamples >= 100, f"bootstrap_resamples={self.bootstrap_resamples}: use at least 100 (2000 for 95% intervals).")
+        require(self.compare_predictions is None or Path(self.compare_predictions).is_file(),
+                f"compare_predictions={self.compare_predictions!r} does not exist: check the path.")
         if self.predictions:
             require(Path(self.predictions).is_file(), f"predictions={self.predictions!r} does not exist.")
         elif self.model is not None:

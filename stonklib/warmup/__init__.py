@@ -31,7 +31,8 @@ def run_warmup(cfg: WarmupConfig, progress: bool = True) -> dict[str, Any]:
         raise ValueError("the warm-up runs in one process: start it without torchrun/accelerate launch "
                          "(it takes minutes), then launch the GRPO stages on several GPUs.")
     try:
-        pairs, skipped = build_targets(run.train, cfg.direction_source, cfg.justification, cfg.seed)
+        pairs, skipped = build_targets(run.train, cfg.direction_source, cfg.justification, cfg.seed,
+                                        cfg.magnitude_decimals)
         run.log.info("warm-up targets: %d examples, %d targets, skipped %s, direction source %s", len(pairs),
                      sum(len(ts) for _, ts in pairs), skipped, cfg.direction_source)
         sampler = make_sampler(cfg, run.policy, run.tokenizer, run.log, max_batch=EVAL_BATCH)

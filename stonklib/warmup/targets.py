@@ -16,8 +16,9 @@ and a ``Justification:`` line that quotes values *that* example's prompt shows, 
 - ``label``: the true direction of each day. That is supervised classification, a baseline to compare
   GRPO with, not the method.
 
-The magnitude is the 10-day volatility the prompt shows (to one decimal, clipped to 0.1-9.9 %), a
-label-free guess of the size of a day's move, so answers differ from prompt to prompt; the confidence
+The magnitude is the 10-day volatility the prompt shows, by default written as the prompt writes it
+(``magnitude_decimals`` 2; clipped to 0.1-9.9 %): a label-free guess of the size of a day's move, copied rather than
+rounded (a copy is what the model learns within the warm-up), so answers differ from prompt to prompt; the confidence
 is a seeded draw of 50-80 %. The direction words are written in lower case (" up", " down" are single
 tokens, where " DOWN" is two in SmolLM2's vocabulary); the parser reads either case.
 """
@@ -91,14 +92,15 @@ def target_directions(example: Example, source: str, rng: random.Random) -> tupl
     raise ValueError(f"direction_source={source!r}: use one of {', '.join(DIRECTION_SOURCES)}.")
 
 
-def target_magnitude(example: Example) -> float:
-    """Every day's predicted move: the 10-day volatility the prompt shows, to one decimal (label-free)."""
+def target_magnitude(example: Example, decimals: int = 2) -> float:
+    """Every day's predicted move: the 10-day volatility the prompt shows, to ``decimals`` (2: as the prompt
+    prints it; label-free)."""
     v = example.volatility_10d
-    return min(max(round(v, 1), MAGNITUDE_RANGE[0]), MAGNITUDE_RANGE[1]) if math.isfinite(v) else MAGNITUDE_RANGE[0]
+    return min(max(round(v, decimals), MAGNITUDE_RANGE[0]), MAGNITUDE_RANGE[1]) if math.isfinite(v) else MAGNITUDE_RANGE[0]
 
 
 def build_target(example: Example, direction_source: str = "coin", justification: str | None = None,
-                 seed: int = 42, day1: str | None = None) -> Target | None:
+                 seed: int = 42, day1: str | None = None, magnitude_decimals: int = 2) -> Target | None:
     """The example's target (day 1's direction ``day1`` if given), or None when its prompt does not show a
     value the justification cites."""
     template = justification or DEFAULT_JUSTIFICATION
@@ -110,8 +112,8 @@ def build_target(example: Example, direction_source: str = "coin", justification
     dirs = target_directions(example, direction_source, rng)
     if day1 is not None:
         dirs = (day1, dirs[1], dirs[2])
-    move = target_magnitude(example)
-    days = [f"Day {k}: {d} {move:.1f}% with {rng.randint(*CONFIDENCE_RANGE)}% confidence"
+    move = target_magnitude(example, magnitude_decimals)
+    days = [f"Day {k}: {d} {move:.{magnitude_decimals}f}% with {rng.randint(*CONFIDENCE_RANGE)}% confidence"
             for k, d in enumerate(dirs, start=1)]
     text = "\n".join([*days, f"Justification: {line}"])
     start = len("Day 1: ")
@@ -120,24 +122,24 @@ def build_target(example: Example, direction_source: str = "coin", justification
 
 
 def targets_for(example: Example, direction_source: str = "coin", justification: str | None = None,
-                seed: int = 42) -> list[Target]:
+                seed: int = 42, magnitude_decimals: int = 2) -> list[Target]:
     """The example's targets: for ``coin`` both faces of day 1 (up, then down), each weighing half of the example's
     loss, else the one target; [] if the example lacks a cited value."""
     faces = ("up", "down") if direction_source == "coin" else (None,)
-    out = [build_target(example, direction_source, justification, seed, face) for face in faces]
+    out = [build_target(example, direction_source, justification, seed, face, magnitude_decimals) for face in faces]
     if any(t is None for t in out):
         return []
     return [replace(t, weight=1.0 / len(out)) for t in out]  # type: ignore[arg-type]
 
 
 def build_targets(examples: Sequence[Example], direction_source: str = "coin", justification: str | None = None,
-                  seed: int = 42) -> tuple[list[tuple[Example, list[Target]]], dict[str, int]]:
+                  seed: int = 42, magnitude_decimals: int = 2) -> tuple[list[tuple[Example, list[Target]]], dict[str, int]]:
     """(example, its targets) for the examples whose targets cite enough grounded values, and the counted skips."""
     if justification is not None:
         check_justification(justification)
     kept, skipped = [], {"missing_value": 0, "too_few_grounded_values": 0}
     for ex in examples:
-        ts = targets_for(ex, direction_source, justification, seed)
+        ts = targets_for(ex, direction_source, justification, seed, magnitude_decimals)
         if not ts:
             skipped["missing_value"] += 1
         elif any(t.data_utilization < _full_credit() or t.format < 1.0 for t in ts):
