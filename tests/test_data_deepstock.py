@@ -14,7 +14,15 @@ import pytest
 
 from stonklib import cli
 from stonklib.config import ConfigError, DataConfig
-from stonklib.data import DataError, LeakageError, Skips, build_dataset, check_no_leakage, load_examples, load_summary
+from stonklib.data import (
+    DataError,
+    LeakageError,
+    Skips,
+    build_dataset,
+    check_no_leakage,
+    load_examples,
+    load_summary,
+)
 from stonklib.data.hf import load_hf, read_hf_rows
 from stonklib.data.hf_schema import date_text, financials, news_of, parse_hf_row
 from stonklib.prompts import build_prompt

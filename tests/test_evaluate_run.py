@@ -83,6 +83,32 @@ def test_run_evaluate_scores_a_file_and_writes_everything(tmp_path, data_dir):
     assert "NaN" not in (out / "metrics.json").read_text()
 
 
+def test_the_date_clustered_keys_and_a_second_predictions_file(tmp_path, data_dir):
+    test_rows = examples(8, start=40)
+    preds = write_predictions_file(tmp_path / "p.jsonl", test_rows)
+    other = tmp_path / "q.jsonl"
+    other.write_text("".join(json.dumps({"ticker": e.ticker, "date": e.date, "actual_change_pct": e.change_pct_1,
+                                         "predicted_direction": "up", "predicted_pct": 1.0, "confidence": 70}) + "\n"
+                             for e in test_rows))
+    m = run_evaluate(EvalConfig(predictions=str(preds), data=str(data_dir), out=str(tmp_path / "e"),
+                                compare_predictions=str(other), bootstrap_resamples=200), progress=False)
+    for k in ("accuracy_ci95_dates", "mcc_ci95_dates", "balanced_accuracy_ci95_dates", "sharpe_ci95_dates",
+              "min_detectable_edge", "date_bootstrap"):
+        assert k in m, k
+    assert m["date_bootstrap"]["n_resamples"] == 200 and m["date_bootstrap"]["n_dates"] == len({e.date for e in test_rows})
+    c = m["comparison"]
+    assert c["mcnemar"]["n_common"] == 8 and c["ensemble"]["n"] == 8 and c["file"] == str(other)
+
+
+def test_findings_use_the_paired_test_when_there_is_one():
+    from stonklib.workbook.findings import evaluation_findings
+
+    base = {"verdict": "v", "accuracy": 0.5, "accuracy_ci95": [0.4, 0.6], "n": 500}
+    tuned = {**base, "accuracy": 0.56, "paired_vs_base": {"n_common": 500, "p_value": 0.01}}
+    text = evaluation_findings({"base": base, "tuned": tuned}, "")
+    assert "McNemar p=0.010: the difference is established" in text and "intervals overlap" not in text
+
+
 def test_limit_applies_to_a_scored_file(tmp_path, data_dir):
     preds = write_predictions_file(tmp_path / "p.jsonl", examples(8, start=40))
     m = run_evaluate(EvalConfig(predictions=str(preds), data=str(data_dir), out=str(tmp_path / "e"), limit=3),
@@ -150,6 +176,50 @@ def test_generation_flushes_per_batch_and_resumes_after_a_crash(tmp_path, monkey
     assert first["sector"] == "Tech" and first["actual_change_pct_2"] == -exs[0].change_pct_1
     assert first["prompt_tokens"] > 0 and first["prompt_truncated"] is False
     assert rows[2]["predicted_direction"] == "down"
+
+
+@needs_tokenizer
+def test_generation_with_several_samples_votes_per_prompt(tmp_path, monkeypatch):
+    from stonklib import models
+    from stonklib.models import load_tokenizer
+    from stonklib.sampling import rollout
+
+    tok = load_tokenizer(str(TOKENIZER_DIR))
+    monkeypatch.setattr(models, "load_for_inference", lambda *a, **k: (None, tok))
+    seen = []
+    answers = ["Day 1: up 1% with 60% confidence", "Day 1: down 2% with 60% confidence", "Day 1: up 3% with 60% confidence"]
+
+    def sample(model, tokenizer, prompts, **kw):
+        seen.append(kw)
+        return answers * len(prompts)  # prompt-major: three samples for each prompt
+
+    monkeypatch.setattr(rollout, "generate_texts", sample)
+    cfg = EvalConfig(model=str(TOKENIZER_DIR), out=str(tmp_path), batch_size=2, max_prompt_tokens=4096, num_samples=3)
+    rows = [json.loads(line) for line in generate_predictions(cfg, examples(3), progress=False).read_text().splitlines()]
+    assert all(kw["num_samples"] == 3 and kw["greedy"] is False for kw in seen)  # n > 1 samples, whatever greedy says
+    assert [r["predicted_direction"] for r in rows] == ["up"] * 3 and rows[0]["predicted_pct"] == 2.0
+    assert rows[0]["confidence"] == pytest.approx(200 / 3) and len(rows[0]["samples"]) == 3
+
+
+@needs_tokenizer
+def test_vote_curve_scores_the_rows_for_each_n(tmp_path, data_dir, monkeypatch):
+    from stonklib import models
+    from stonklib.models import load_tokenizer
+    from stonklib.sampling import rollout
+
+    tok = load_tokenizer(str(TOKENIZER_DIR))
+    monkeypatch.setattr(models, "load_for_inference", lambda *a, **k: (None, tok))
+    monkeypatch.setattr(rollout, "generate_texts", lambda m, t, prompts, num_samples=1, **kw: (
+        ["Day 1: up 1% with 60% confidence", "Day 1: down 1% with 60% confidence"] * len(prompts) * num_samples
+    )[:len(prompts) * num_samples])
+    cfg = EvalConfig(model=str(TOKENIZER_DIR), data=str(data_dir), out=str(tmp_path / "e"), batch_size=4,
+                     max_prompt_tokens=4096, vote_curve=[1, 4], bootstrap_resamples=100)
+    m = run_evaluate(cfg, progress=False)
+    curve = {r["num_samples"]: r for r in m["accuracy_by_samples"]}
+    assert set(curve) == {1, 4} and curve[1]["n"] == curve[4]["n"] == 8
+    assert curve[4]["parse_rate"] == 0.0  # two up and two down votes per prompt: every vote is a tie
+    assert (tmp_path / "e" / "samples_4" / "predictions.jsonl").is_file()
+    assert (tmp_path / "e" / "accuracy_by_samples.png").stat().st_size > 1000
 
 
 def test_tiny_random_model_with_adapter_end_to_end(tmp_path, data_dir, tiny_model_dir):

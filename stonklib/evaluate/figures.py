@@ -113,3 +113,22 @@ def plot_equity_curves(curves: Mapping[str, pd.Series], ax: Axes | None = None,
     ax.legend(fontsize=8)
     fig.autofmt_xdate()
     return fig
+
+
+def plot_accuracy_by_samples(rows: list[Mapping[str, Any]], majority_rate: float | None = None, ax: Axes | None = None,
+                             title: str = "Accuracy against samples per prompt") -> Figure:
+    """Accuracy of the vote of n samples per prompt, with date-clustered 95% intervals, against n."""
+    fig, ax = new_axes(ax)
+    n = [r["num_samples"] for r in rows]
+    acc = np.array([r["accuracy"] for r in rows])
+    ci = np.array([r.get("accuracy_ci95_dates") or r["accuracy_ci95"] for r in rows], dtype=float)
+    ax.errorbar(n, acc, yerr=[acc - ci[:, 0], ci[:, 1] - acc], marker="o", capsize=4, label="vote of n samples")
+    if majority_rate is not None:
+        ax.axhline(majority_rate, ls="--", color="grey", label=f"majority rate {majority_rate:.2f}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(n, [str(k) for k in n])
+    ax.set_xlabel("samples per prompt (n = 1: one answer)")
+    ax.set_ylabel("accuracy (95% interval, dates resampled)")
+    ax.set_title(title)
+    ax.legend()
+    return fig

@@ -11,6 +11,9 @@ with the same settings on the same rows resumes after the last complete batch;
 anything else starts over. The finished file is moved into place atomically,
 so ``predictions.jsonl`` is either absent or complete.
 
+With ``num_samples`` n > 1, each prompt gets n sampled answers (``temperature``, ``top_p``) in the same
+batched call, and its row is their vote (:meth:`PredictionRecord.from_votes`).
+
 ``--limit`` keeps ``limit`` rows evenly spaced through the split's (date, ticker)
 order (:func:`stonklib.data.load_examples`): deterministic, chronological, and
 covering the whole date range, so a small limit is not just the first few days.
@@ -42,7 +45,7 @@ def load_eval_examples(cfg: EvalConfig) -> list[Example]:
 
 def _run_meta(cfg: EvalConfig, examples: Sequence[Example]) -> dict:
     keys = ("model", "adapter", "split", "prompt_version", "max_prompt_tokens", "max_new_tokens", "greedy",
-            "temperature", "top_p", "quantize", "seed")
+            "temperature", "top_p", "quantize", "seed", "num_samples")
     return {**{k: getattr(cfg, k) for k in keys}, "rows": [[e.ticker, e.date] for e in examples]}
 
 
@@ -122,11 +125,14 @@ def _generate_into(cfg: EvalConfig, examples: list[Example], partial: Path, star
         for i in range(start, len(examples), cfg.batch_size):
             batch = examples[i:i + cfg.batch_size]
             prompts = [fit_prompt(ex, tokenizer, cfg.max_prompt_tokens, cfg.prompt_version) for ex in batch]
+            n = cfg.num_samples
             texts = generate_texts(model, tokenizer, [p.text for p in prompts], batch_size=cfg.batch_size,
-                                   max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy,
-                                   temperature=cfg.temperature, top_p=cfg.top_p, progress=False)
-            f.write("".join(PredictionRecord.from_completion(ex, t, p).to_json() + "\n"
-                            for ex, t, p in zip(batch, texts, prompts, strict=True)))
+                                   max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy and n == 1,
+                                   temperature=cfg.temperature, top_p=cfg.top_p, progress=False, num_samples=n)
+            records = ([PredictionRecord.from_completion(ex, t, p) for ex, t, p in zip(batch, texts, prompts, strict=True)]
+                       if n == 1 else [PredictionRecord.from_votes(ex, texts[j * n:(j + 1) * n], p)
+                                       for j, (ex, p) in enumerate(zip(batch, prompts, strict=True))])
+            f.write("".join(r.to_json() + "\n" for r in records))
             f.flush()
             os.fsync(f.fileno())
             bar.update(len(batch))

@@ -54,6 +54,9 @@ Conventions for missing values:
 - ``mcc`` follows scikit-learn and is 0.0 when the truth or the predictions hold a
   single class (a constant predictor carries no correlation).
 - A table with no rows is an error: there is nothing to score.
+
+The date-clustered intervals, the paired McNemar test and the smallest detectable edge are defined, with
+the same exactness, in :mod:`stonklib.evaluate.uncertainty`.
 """
 
 from __future__ import annotations

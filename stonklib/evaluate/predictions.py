@@ -35,8 +35,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import statistics
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ class PredictionRecord:
     volume_ratio: float | None = None
     prompt_tokens: int | None = None
     prompt_truncated: bool | None = None
+    samples: list[dict[str, Any]] | None = None  # with num_samples > 1: every sample's day-1 parse and completion
 
     @classmethod
     def from_completion(cls, example: Example, completion: str, prompt: Any = None) -> PredictionRecord:
@@ -102,8 +104,46 @@ class PredictionRecord:
             prompt_tokens=getattr(prompt, "n_tokens", None), prompt_truncated=getattr(prompt, "truncated", None),
         )
 
+    @classmethod
+    def from_votes(cls, example: Example, completions: list[str], prompt: Any = None) -> PredictionRecord:
+        """The vote of several sampled answers to one prompt (:func:`vote` for each day); ``completion`` is the
+        first sample that agrees with the day-1 vote (else the first), ``samples`` keeps every one's parse."""
+        from stonklib.rewards import parse_prediction
+
+        parsed = [[parse_prediction(c, day=d) for d in (1, 2, 3)] for c in completions]
+        days = [vote([p[d] for p in parsed]) for d in range(3)]
+        first = next((c for c, p in zip(completions, parsed, strict=True) if p[0].direction == days[0][0]),
+                     completions[0])
+        one = cls.from_completion(example, first, prompt)
+        fields = {"predicted_direction": days[0][0], "confidence": days[0][1], "predicted_pct": days[0][2]}
+        for k in (2, 3):
+            fields.update({f"day{k}_direction": days[k - 1][0], f"day{k}_confidence": days[k - 1][1],
+                           f"day{k}_pct": days[k - 1][2]})
+        samples = [{"direction": p[0].direction, "pct": p[0].percentage, "confidence": p[0].confidence,
+                    "completion": c} for c, p in zip(completions, parsed, strict=True)]
+        return replace(one, **fields, samples=samples)
+
     def to_json(self) -> str:
         return json.dumps(to_jsonable(asdict(self)), ensure_ascii=False, allow_nan=False)
+
+
+def vote(answers: list[Any]) -> tuple[str, float | None, float | None]:
+    """(direction, confidence, magnitude) of one day's parsed answers (``rewards.Prediction``).
+
+    The direction with more up/down votes wins; a tie, no parsed vote included, is ``unknown``. The
+    confidence is the winner's share of all the answers, in percent (unparsed answers dilute it); the
+    magnitude is the median of the winning answers' percentages (None when none gives one). One answer
+    is its own vote, so n = 1 reads as greedy does, except that the confidence is the answer's own."""
+    if len(answers) == 1:
+        a = answers[0]
+        return a.direction, a.confidence, a.percentage
+    ups = sum(a.direction == "up" for a in answers)
+    downs = sum(a.direction == "down" for a in answers)
+    if ups == downs:
+        return "unknown", None, None
+    winner = "up" if ups > downs else "down"
+    pcts = [a.percentage for a in answers if a.direction == winner and a.percentage is not None]
+    return winner, 100.0 * max(ups, downs) / len(answers), float(statistics.median(pcts)) if pcts else None
 
 
 @dataclass

@@ -30,7 +30,7 @@ from stonklib.config import EvalConfig, dump_yaml, to_dict
 from stonklib.data import sample_dates_spread
 from stonklib.evaluate import figures
 from stonklib.evaluate.baselines import compute_baselines
-from stonklib.evaluate.breakdowns import compute_breakdowns, up_rates_over_time
+from stonklib.evaluate.breakdowns import compute_breakdowns, ensemble_predictions, up_rates_over_time
 from stonklib.evaluate.generate import generate_predictions, load_eval_examples
 from stonklib.evaluate.metrics import (
     buy_and_hold,
@@ -40,6 +40,7 @@ from stonklib.evaluate.metrics import (
     to_jsonable,
 )
 from stonklib.evaluate.predictions import FEATURES, read_predictions
+from stonklib.evaluate.uncertainty import date_bootstrap, mcnemar
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,13 @@ def run_evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     result["buy_and_hold"] = buy_and_hold(df)
     result["baselines"], result["baselines_unavailable"] = compute_baselines(df, train, cfg.cost_bps, base, cfg.seed)
     result["breakdowns"] = compute_breakdowns(df, cfg.cost_bps, base)
+    result.update(date_bootstrap(df, cfg.cost_bps, cfg.bootstrap_resamples, cfg.seed))
+    if base is not None:
+        result["paired_vs_base"] = mcnemar(df, base)
+    if cfg.compare_predictions:
+        result["comparison"] = compare(df, cfg.compare_predictions, cfg.cost_bps)
+    if cfg.vote_curve:
+        result["accuracy_by_samples"] = accuracy_by_samples(cfg, examples or load_eval_examples(cfg), progress)
     result["skipped"] = preds.skipped
     result["rows_read"] = len(preds.frame)
     result["confidence_clipped"] = preds.confidence_clipped
@@ -83,6 +91,27 @@ def run_evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
     tmp.replace(out / METRICS_FILE)
     log.info("%s", result["verdict"])
     return result
+
+
+def accuracy_by_samples(cfg: EvalConfig, examples, progress: bool = True) -> list[dict[str, Any]]:
+    """Accuracy (Wilson and date-clustered intervals) of the same rows scored with each n of ``cfg.vote_curve``
+    samples per prompt (each n's predictions in ``out/samples_<n>/``)."""
+    rows = []
+    for n in sorted({int(k) for k in cfg.vote_curve}):
+        sub = dataclasses.replace(cfg, num_samples=n, vote_curve=[], out=str(Path(cfg.out) / f"samples_{n}"))
+        df, _ = _with_data(cfg, read_predictions(generate_predictions(sub, examples, progress=progress)).frame)
+        m = {**compute_metrics(df, cfg.cost_bps), **date_bootstrap(df, cfg.cost_bps, cfg.bootstrap_resamples, cfg.seed)}
+        rows.append({"num_samples": n, "greedy": n == 1 and cfg.greedy, "n": m["n"], "accuracy": m["accuracy"],
+                     "accuracy_ci95": m["accuracy_ci95"], "accuracy_ci95_dates": m["accuracy_ci95_dates"],
+                     "parse_rate": m["parse_rate"], "predicted_up_rate": m["predicted_up_rate"]})
+    return rows
+
+
+def compare(df: pd.DataFrame, path: str, cost_bps: float) -> dict[str, Any]:
+    """The evaluated predictions against a second file on their common rows: McNemar, and the two's ensemble."""
+    other = read_predictions(path).frame
+    return {"file": path, "mcnemar": mcnemar(df, other),
+            "ensemble": {"members": ["evaluated", path], **compute_metrics(ensemble_predictions(df, other), cost_bps)}}
 
 
 def _base_predictions(cfg: EvalConfig, examples, progress: bool) -> tuple[pd.DataFrame | None, str | None]:
@@ -113,7 +142,7 @@ def _with_data(cfg: EvalConfig, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Data
 
 
 def write_plots(df: pd.DataFrame, m: dict[str, Any], out: Path, cost_bps: float) -> list[str]:
-    """The five evaluation PNGs next to metrics.json; returns their file names."""
+    """The evaluation PNGs next to metrics.json (five, and accuracy against samples with vote_curve); returns their names."""
     model = Path(str(m.get("config", {}).get("adapter") or m.get("predictions_file") or "")).name
     strategy = daily_returns(df, cost_bps)
     market = daily_returns(df, 0.0, position=np.ones(len(df)))
@@ -125,6 +154,8 @@ def write_plots(df: pd.DataFrame, m: dict[str, Any], out: Path, cost_bps: float)
             strategy, market, labels=(f"model ({cost_bps:g} bps/side)", "buy and hold (equal weight)")),
         "up_rate_over_time.png": figures.plot_up_rates(up_rates_over_time(df)),
     }
+    if m.get("accuracy_by_samples"):
+        figs["accuracy_by_samples.png"] = figures.plot_accuracy_by_samples(m["accuracy_by_samples"], m["majority_rate"])
     for name, fig in figs.items():
         figures.save(fig, out / name)
     return list(figs)
@@ -139,10 +170,22 @@ MIN_VERDICT_N = 30
 
 
 def verdict(metrics: dict[str, Any]) -> str:
-    """One plain-language paragraph on whether the accuracy shows skill, stated honestly."""
-    acc, (lo, hi), p = metrics["accuracy"], metrics["accuracy_ci95"], metrics["binom_p_value"]
-    p0, n = metrics["majority_rate"], metrics["n"]
-    head = f"Accuracy {acc:.2f} [{lo:.2f}, {hi:.2f}] on n={n}"
+    """One plain-language paragraph on whether the accuracy shows skill, stated honestly.
+
+    With the date block bootstrap's keys (:mod:`stonklib.evaluate.uncertainty`) the interval and the test
+    are the date-clustered ones, the Wilson interval beside them; without them (an older metrics.json), the
+    Wilson interval and the binomial test, with a warning that they ignore same-day correlation."""
+    acc, p0, n = metrics["accuracy"], metrics["majority_rate"], metrics["n"]
+    (wlo, whi), boot = metrics["accuracy_ci95"], metrics.get("date_bootstrap")
+    clustered = bool(boot) and metrics.get("accuracy_ci95_dates") is not None
+    if clustered:
+        (lo, hi), p = metrics["accuracy_ci95_dates"], boot["p_value"]
+        head = (f"Accuracy {acc:.2f} [{lo:.2f}, {hi:.2f}] (95%, dates resampled; Wilson over rows "
+                f"[{wlo:.2f}, {whi:.2f}]) on n={n} rows from {boot['n_dates']} dates")
+        test = "one-sided, date block bootstrap"
+    else:
+        lo, hi, p = wlo, whi, metrics["binom_p_value"]
+        head, test = f"Accuracy {acc:.2f} [{lo:.2f}, {hi:.2f}] on n={n}", "one-sided binomial"
     skips = {k: v for k, v in (metrics.get("skipped") or {}).items() if k != "implausible_predicted_pct"}
     lines = sum(skips.values()) + int(metrics.get("rows_read") or n)
     skip_note = (f"{sum(skips.values())} of {lines} prediction lines were skipped "
@@ -153,7 +196,7 @@ def verdict(metrics: dict[str, Any]) -> str:
                 f"against the majority baseline {p0:.2f})")
         return "; ".join([text, *([skip_note] if skip_note else [])]) + "."
     if p < SIGNIFICANCE:
-        parts = [f"{head} is above the majority baseline {p0:.2f} ({_p(p)}, one-sided binomial)"]
+        parts = [f"{head} is above the majority baseline {p0:.2f} ({_p(p)}, {test})"]
     elif acc > p0:
         parts = [f"{head} is indistinguishable from the majority baseline {p0:.2f} ({_p(p)})"]
     else:
@@ -163,12 +206,20 @@ def verdict(metrics: dict[str, Any]) -> str:
     if scored:
         best = max(scored, key=scored.get)
         parts.append(f"the best baseline is {best} at {scored[best]:.2f}")
+    paired = metrics.get("paired_vs_base")
+    if paired:
+        parts.append(f"against the base model on the same {paired['n_common']} rows: {paired['accuracy_a']:.2f} vs "
+                     f"{paired['accuracy_b']:.2f} (McNemar {_p(paired['p_value'])})")
+    edge = metrics.get("min_detectable_edge")
+    if clustered and edge is not None:
+        parts.append(f"an edge below {100 * edge:.1f} points over the majority baseline could not have been seen "
+                     f"on these rows (80% power at the 5% level, from the date-clustered spread)")
     if skip_note:
         parts.append(skip_note)
     if metrics["parse_rate"] < 0.95:
         parts.append(f"only {metrics['parse_rate']:.0%} of completions parsed (unparsed rows count as wrong)")
     n_days = (metrics.get("backtest") or {}).get("n_days") or n
-    if n / n_days >= 1.5:
+    if not clustered and n / n_days >= 1.5:
         parts.append(f"rows share dates ({n / n_days:.1f} per day) and same-day moves are correlated, so the "
                      f"true uncertainty is wider than this interval")
     return "; ".join(parts) + "."

@@ -136,8 +136,9 @@ def rollout(sampler: Sampler, tokenizer, prompt_ids, prompt_mask, num_generation
 
 def generate_texts(model, tokenizer, prompts: list[str], *, batch_size: int = 8, max_new_tokens: int = 200,
                    greedy: bool = True, temperature: float = 0.7, top_p: float = 0.9,
-                   progress: bool = True, desc: str = "generate") -> list[str]:
-    """One completion per chat-rendered prompt, in batches, with a progress bar (evaluation)."""
+                   progress: bool = True, desc: str = "generate", num_samples: int = 1) -> list[str]:
+    """``num_samples`` completions per chat-rendered prompt (grouped, prompt-major), in batches of prompts
+    sampled in one call each, with a progress bar (evaluation)."""
     from tqdm.auto import tqdm
 
     sampler = HFSampler(model, tokenizer)
@@ -145,6 +146,6 @@ def generate_texts(model, tokenizer, prompts: list[str], *, batch_size: int = 8,
     out: list[str] = []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, unit="batch"):
         ids, mask = encode_prompts(tokenizer, prompts[i:i + batch_size], device)
-        out += rollout(sampler, tokenizer, ids, mask, 1, max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_p=top_p, greedy=greedy).texts
+        out += rollout(sampler, tokenizer, ids, mask, num_samples, max_new_tokens=max_new_tokens,
+                       temperature=temperature, top_p=top_p, greedy=greedy).texts
     return out

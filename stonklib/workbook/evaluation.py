@@ -104,6 +104,8 @@ def comparison_table(results: dict[str, dict[str, Any]]) -> pd.DataFrame:
     for name, m in rows.items():
         lo, hi = m["accuracy_ci95"]
         table[name] = {"n": m["n"], "accuracy": m["accuracy"], "ci95_lo": lo, "ci95_hi": hi,
+                       "ci95_dates_lo": (m.get("accuracy_ci95_dates") or [None, None])[0],
+                       "ci95_dates_hi": (m.get("accuracy_ci95_dates") or [None, None])[1],
                        "p_vs_majority": m["binom_p_value"], "majority_rate": m["majority_rate"],
                        "balanced_accuracy": m["balanced_accuracy"], "brier": m["brier"], "parse_rate": m["parse_rate"],
                        "sharpe": (m.get("backtest") or {}).get("sharpe"),

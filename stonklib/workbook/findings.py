@@ -277,11 +277,18 @@ def evaluation_findings(results: Mapping[str, Mapping[str, Any]], stage1_note: s
     if len(names) > 1:
         first, last = results[names[0]], results[names[-1]]
         d = last["accuracy"] - first["accuracy"]
-        overlap = (last["accuracy_ci95"][0] <= first["accuracy_ci95"][1]
-                   and first["accuracy_ci95"][0] <= last["accuracy_ci95"][1])
-        b.append(f"{names[-1]} vs {names[0]}: accuracy {d:+.2f}"
-                 + ("; the 95% intervals overlap, so the difference is not established." if overlap
-                    else "; the 95% intervals do not overlap."))
+        paired = last.get("paired_vs_base")
+        if paired:  # the paired test on the same rows, not overlapping intervals
+            b.append(f"{names[-1]} vs {names[0]}: accuracy {d:+.2f}; against its base model on the same "
+                     f"{paired['n_common']} rows, McNemar p={paired['p_value']:.3f}"
+                     + (": the difference is established at the 5% level." if paired["p_value"] < 0.05
+                        else ": the difference is not established."))
+        else:
+            overlap = (last["accuracy_ci95"][0] <= first["accuracy_ci95"][1]
+                       and first["accuracy_ci95"][0] <= last["accuracy_ci95"][1])
+            b.append(f"{names[-1]} vs {names[0]}: accuracy {d:+.2f}"
+                     + ("; the 95% intervals overlap, so the difference is not established." if overlap
+                        else "; the 95% intervals do not overlap."))
     b.append(stage1_note)
     n = min(m["n"] for m in results.values()) if results else 0
     if n < SMALL_N:

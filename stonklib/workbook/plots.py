@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from stonklib.evaluate.figures import (  # noqa: F401  the evaluation's figures, for notebook 05
     new_axes,
+    plot_accuracy_by_samples,
     plot_accuracy_vs_baselines,
     plot_confusion,
     plot_equity_curve,
