@@ -245,6 +245,39 @@ def test_tiny_random_model_with_adapter_end_to_end(tmp_path, data_dir, tiny_mode
         assert (out / png).is_file()
 
 
+def test_the_memorisation_audit_end_to_end(tmp_path, data_dir, tiny_model_dir):
+    """Named and anonymised prompts on the same rows, each row's familiarity with its next close, a finding."""
+    out = tmp_path / "audit"
+    m = run_evaluate(EvalConfig(model=str(tiny_model_dir), data=str(data_dir), split="test", limit=6, batch_size=3,
+                                max_new_tokens=4, out=str(out), device="cpu", audit="memorisation",
+                                bootstrap_resamples=100), progress=False)
+    a = m["audit"]
+    assert a["named"]["n"] == a["anonymized"]["n"] == 6 and a["mcnemar"]["n_common"] == 6
+    assert len(a["per_row"]) == 6 and all(r["familiarity"] < 0 for r in a["per_row"])  # log-probs
+    assert a["finding"].startswith("Named prompts")
+    assert "memorisation audit: named prompts" in verdict({**_m(0.5, 0.4, 0.6, 0.5), "audit": a})
+    assert (out / "anonymized" / "predictions.jsonl").is_file() and (out / "audit_memorisation.png").stat().st_size > 1000
+
+
+def test_familiarity_is_the_mean_log_prob_of_the_next_close_tokens(tiny_model_dir):
+    import torch
+
+    from stonklib.evaluate.audit import CUE, familiarity, next_close
+    from stonklib.models import load_for_inference
+    from stonklib.prompts import fit_prompt
+
+    model, tok = load_for_inference(str(tiny_model_dir), device="cpu")
+    ex = examples(1)[0]
+    cfg = EvalConfig(model=str(tiny_model_dir), max_prompt_tokens=1024)
+    got = familiarity(model, tok, [ex], cfg, progress=False)[0]
+    head = tok(fit_prompt(ex, tok, 1024, cfg.prompt_version).text + CUE, add_special_tokens=False)["input_ids"]
+    num = tok(f"{next_close(ex):.2f}", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([head + num])).logits.float(), -1)[0]
+    want = sum(float(logp[len(head) + j - 1, t]) for j, t in enumerate(num)) / len(num)
+    assert got == pytest.approx(want, abs=1e-4)
+
+
 @pytest.mark.slow
 def test_real_model_end_to_end(tmp_path):
     """`stonk evaluate --model models/smollm2-135m-instruct --split test --limit 8` on the real data."""

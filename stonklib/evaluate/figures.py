@@ -132,3 +132,26 @@ def plot_accuracy_by_samples(rows: list[Mapping[str, Any]], majority_rate: float
     ax.set_title(title)
     ax.legend()
     return fig
+
+
+def plot_audit(audit: Mapping[str, Any]) -> Figure:
+    """The memorisation audit: named against anonymised accuracy, and each row's familiarity with its next close."""
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    names = ["named", "anonymized"]
+    acc = np.array([audit[k]["accuracy"] for k in names])
+    ci = np.array([audit[k].get("accuracy_ci95_dates") or [audit[k]["accuracy"]] * 2 for k in names], dtype=float)
+    a.bar(names, acc, yerr=[acc - ci[:, 0], ci[:, 1] - acc], capsize=6, color=["tab:blue", "tab:grey"])
+    a.axhline(audit["named"]["majority_rate"], ls="--", color="k", label="majority rate")
+    a.set_ylabel("accuracy (95% interval, dates resampled)")
+    a.set_title(f"Same rows, McNemar p={audit['mcnemar']['p_value']:.3f}")
+    a.legend()
+    fam = np.array([r["familiarity"] for r in audit["per_row"]])
+    b.hist(fam, bins=30, color="tab:blue", alpha=0.8)
+    corr = audit["familiarity"]["corr_with_correct"]
+    b.set_xlabel("mean token log-prob of the actual next close (named prompt)")
+    b.set_ylabel("rows")
+    b.set_title("Familiarity" + (f" (corr. with correct {corr:+.3f})" if corr is not None else ""))
+    fig.tight_layout()
+    return fig

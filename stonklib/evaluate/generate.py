@@ -45,7 +45,7 @@ def load_eval_examples(cfg: EvalConfig) -> list[Example]:
 
 def _run_meta(cfg: EvalConfig, examples: Sequence[Example]) -> dict:
     keys = ("model", "adapter", "split", "prompt_version", "max_prompt_tokens", "max_new_tokens", "greedy",
-            "temperature", "top_p", "quantize", "seed", "num_samples")
+            "temperature", "top_p", "quantize", "seed", "num_samples", "anonymize")
     return {**{k: getattr(cfg, k) for k in keys}, "rows": [[e.ticker, e.date] for e in examples]}
 
 
@@ -124,7 +124,8 @@ def _generate_into(cfg: EvalConfig, examples: list[Example], partial: Path, star
             tqdm(total=len(examples), initial=start, desc=desc, unit="ex", disable=not progress) as bar:
         for i in range(start, len(examples), cfg.batch_size):
             batch = examples[i:i + cfg.batch_size]
-            prompts = [fit_prompt(ex, tokenizer, cfg.max_prompt_tokens, cfg.prompt_version) for ex in batch]
+            prompts = [fit_prompt(ex, tokenizer, cfg.max_prompt_tokens, cfg.prompt_version, anonymized=cfg.anonymize)
+                       for ex in batch]
             n = cfg.num_samples
             texts = generate_texts(model, tokenizer, [p.text for p in prompts], batch_size=cfg.batch_size,
                                    max_new_tokens=cfg.max_new_tokens, greedy=cfg.greedy and n == 1,

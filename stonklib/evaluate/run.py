@@ -75,6 +75,9 @@ def run_evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
         result["paired_vs_base"] = mcnemar(df, base)
     if cfg.compare_predictions:
         result["comparison"] = compare(df, cfg.compare_predictions, cfg.cost_bps)
+    if cfg.audit == "memorisation":
+        from stonklib.evaluate.audit import run_audit
+        result["audit"] = run_audit(cfg, examples if examples is not None else load_eval_examples(cfg), df, progress)
     if cfg.vote_curve:
         result["accuracy_by_samples"] = accuracy_by_samples(cfg, examples or load_eval_examples(cfg), progress)
     result["skipped"] = preds.skipped
@@ -154,6 +157,8 @@ def write_plots(df: pd.DataFrame, m: dict[str, Any], out: Path, cost_bps: float)
             strategy, market, labels=(f"model ({cost_bps:g} bps/side)", "buy and hold (equal weight)")),
         "up_rate_over_time.png": figures.plot_up_rates(up_rates_over_time(df)),
     }
+    if m.get("audit"):
+        figs["audit_memorisation.png"] = figures.plot_audit(m["audit"])
     if m.get("accuracy_by_samples"):
         figs["accuracy_by_samples.png"] = figures.plot_accuracy_by_samples(m["accuracy_by_samples"], m["majority_rate"])
     for name, fig in figs.items():
@@ -214,6 +219,8 @@ def verdict(metrics: dict[str, Any]) -> str:
     if clustered and edge is not None:
         parts.append(f"an edge below {100 * edge:.1f} points over the majority baseline could not have been seen "
                      f"on these rows (80% power at the 5% level, from the date-clustered spread)")
+    if metrics.get("audit"):
+        parts.append("memorisation audit: " + metrics["audit"]["finding"][0].lower() + metrics["audit"]["finding"][1:])
     if skip_note:
         parts.append(skip_note)
     if metrics["parse_rate"] < 0.95:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from stonklib import config as cfglib
+from stonklib.anonymize import anonymize
 from stonklib.data.records import Example
 from stonklib.grpo import distributed as D
 from stonklib.grpo.runlog import RunLog
@@ -45,7 +46,8 @@ def make_sampler(cfg, policy, tokenizer, log: RunLog | None = None, max_batch: i
 
 
 def load_examples_for(cfg) -> tuple[list[Example], list[Example]]:
-    """Training examples (natural or balanced sample; the warm-up: natural) and validation examples."""
+    """Training examples (natural or balanced sample; the warm-up: natural) and validation examples, anonymised
+    with ``cfg.anonymize`` (:mod:`stonklib.anonymize`)."""
     from stonklib.data import ensure_data, load_split, sample_examples
 
     data_dir = ensure_data(cfg.data)
@@ -53,7 +55,10 @@ def load_examples_for(cfg) -> tuple[list[Example], list[Example]]:
                                natural=getattr(cfg, "natural_distribution", True), seed=cfg.seed)
     val_df = load_split(data_dir, "val")
     val_df = val_df.iloc[_spread(len(val_df), cfg.max_eval_samples)]
-    to_ex = lambda df: [Example.from_row(r) for r in df.to_dict("records")]  # noqa: E731
+    def to_ex(df) -> list[Example]:  # anonymised records are what the prompts show and the rewards ground
+        exs = [Example.from_row(r) for r in df.to_dict("records")]
+        return [anonymize(e) for e in exs] if getattr(cfg, "anonymize", False) else exs
+
     return to_ex(train_df), to_ex(val_df)
 
 
