@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from stonklib.anonymize import anonymize, is_anonymized, relative_dates
+from stonklib.data.anonymize import anonymize, is_anonymized, relative_dates
 from stonklib.data.records import Example, HistoryRow
 
 TRUNCATION_MARKER = "[...]\n"
@@ -75,7 +75,7 @@ class PromptTemplate:
     render: Callable[[Example, int, int], PromptParts]  # (example, history rows, news items)
 
     def parts(self, example: Example, history_rows: int | None = None, news_items: int | None = None) -> PromptParts:
-        """The prompt's pieces; an anonymised record (:mod:`stonklib.anonymize`) shows its dates relative to it."""
+        """The prompt's pieces; an anonymised record (:mod:`stonklib.data.anonymize`) shows its dates relative to it."""
         h = self.max_history if history_rows is None else min(history_rows, self.max_history)
         n = self.max_news if news_items is None else min(news_items, self.max_news)
         parts = self.render(example, max(0, h), max(0, n))
@@ -246,7 +246,7 @@ def get_template(version: str) -> PromptTemplate:
 # -------------------------------------------------------------------- public API
 def build_prompt(example: Example | Mapping[str, Any], version: str = "seed", anonymized: bool = False) -> str:
     """The plain prompt text (before any chat template) for an Example or a parquet-row dict (``anonymized``:
-    :func:`stonklib.anonymize.anonymize` first)."""
+    :func:`stonklib.data.anonymize.anonymize` first)."""
     ex = Example.from_row(example)
     return get_template(version).parts(anonymize(ex) if anonymized else ex).text
 
@@ -287,7 +287,7 @@ class FittedPrompt:
 def fit_prompt(example: Example | Mapping[str, Any], tokenizer: Any, max_prompt_tokens: int,
                version: str = "seed", system: str | None = None, anonymized: bool = False) -> FittedPrompt:
     """The chat-rendered prompt within ``max_prompt_tokens``: oldest history rows, then news, then middle tokens
-    (``anonymized``: of :func:`stonklib.anonymize.anonymize` of the example)."""
+    (``anonymized``: of :func:`stonklib.data.anonymize.anonymize` of the example)."""
     ex, tmpl = Example.from_row(example), get_template(version)
     ex = anonymize(ex) if anonymized else ex
     n_hist = min(len(visible_history(ex)), tmpl.max_history)

@@ -1,4 +1,4 @@
-"""Anonymised prompts (stonklib.anonymize): nothing recognisable shown, the numbers kept, the rewards grounded alike."""
+"""Anonymised prompts (stonklib.data.anonymize): nothing recognisable shown, the numbers kept, the rewards grounded alike."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from stonklib.anonymize import anonymize, neutral_id, relative_dates
+from stonklib.data.anonymize import anonymize, neutral_id, relative_dates
 from stonklib.data.records import Example, HistoryRow
 from stonklib.prompts import TEMPLATES, build_prompt
 from stonklib.rewards import score

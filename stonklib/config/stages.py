@@ -126,7 +126,7 @@ class RunConfig:
     max_eval_samples: int = option(64, "Validation examples scored at each evaluation.")
     prompt_version: str = option("seed", "Prompt template name from stonklib.prompts.TEMPLATES (seed: the seed's Stage II prompt).")
     max_prompt_tokens: int = option(1024, "Prompts longer than this are truncated (history rows first).")
-    anonymize: bool = option(False, "Anonymised prompts: a neutral id for the ticker; no name, description, industry, news or financials; dates relative to the as-of day (t, t-1, ...); prices rescaled so the as-of close is 100 (stonklib.anonymize). The rewards ground against the same values.")
+    anonymize: bool = option(False, "Anonymised prompts: a neutral id for the ticker; no name, description, industry, news or financials; dates relative to the as-of day (t, t-1, ...); prices rescaled so the as-of close is 100 (stonklib.data.anonymize). The rewards ground against the same values.")
     # --- steps
     epochs: int = option(3, "Passes over the sampled training examples.")
     max_steps: int | None = option(None, "Stop after this many optimizer steps (overrides epochs).")
@@ -308,7 +308,7 @@ class EvalConfig:
     top_p: float = option(0.9, "Nucleus threshold when not greedy.")
     prompt_version: str = option("seed", "Prompt template name from stonklib.prompts.TEMPLATES.")
     max_prompt_tokens: int = option(1024, "Prompts longer than this are truncated (history first).")
-    anonymize: bool = option(False, "Anonymised prompts (stonklib.anonymize): no ticker, name, description, news, financials or absolute dates; prices rescaled so the as-of close is 100.")
+    anonymize: bool = option(False, "Anonymised prompts (stonklib.data.anonymize): no ticker, name, description, news, financials or absolute dates; prices rescaled so the as-of close is 100.")
     audit: str | None = option(None, "memorisation: score the same rows with named and with anonymised prompts, and each row's familiarity with its actual next close (metrics.json 'audit', audit_memorisation.png; needs --model).")
     cost_bps: float = option(5.0, "Trading cost per side in basis points for the backtest.")
     quantize: bool = option(False, "Load the model in 4-bit NF4.")

@@ -4,7 +4,8 @@ The arrows, one module each::
 
     sources (sp500 | csv) / hf (+ hf_schema)  ->  features (labels, metrics, history)  ->  splits  ->  build (parquet + summary)
 
-``records`` holds the one typed record every source is converted into. Run
+``records`` holds the one typed record every source is converted into; ``anonymize``
+turns a record into what an anonymised prompt shows. Run
 ``stonk data build --source sp500`` (or :func:`build_dataset`) once; then use
 :func:`load_split` / :func:`load_examples`, or :func:`ensure_data` to build the
 bundled data on first use.

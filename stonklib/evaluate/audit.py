@@ -2,7 +2,7 @@
 
 A model pretrained after 2010 may have read how each S&P 500 stock moved, and every named prompt gives it
 the ticker, the company and the date. The audit scores the same rows twice, named and anonymised
-(:mod:`stonklib.anonymize`), and measures, per row, how familiar the model is with what actually came next.
+(:mod:`stonklib.data.anonymize`), and measures, per row, how familiar the model is with what actually came next.
 Definitions (``metrics.json`` under ``audit``):
 
 - ``named`` / ``anonymized``: accuracy (unknown wrong), parse rate and the date-clustered interval of each

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from stonklib import config as cfglib
-from stonklib.anonymize import anonymize
+from stonklib.data.anonymize import anonymize
 from stonklib.data.records import Example
 from stonklib.grpo import distributed as D
 from stonklib.grpo.runlog import RunLog
@@ -47,7 +47,7 @@ def make_sampler(cfg, policy, tokenizer, log: RunLog | None = None, max_batch: i
 
 def load_examples_for(cfg) -> tuple[list[Example], list[Example]]:
     """Training examples (natural or balanced sample; the warm-up: natural) and validation examples, anonymised
-    with ``cfg.anonymize`` (:mod:`stonklib.anonymize`)."""
+    with ``cfg.anonymize`` (:mod:`stonklib.data.anonymize`)."""
     from stonklib.data import ensure_data, load_split, sample_examples
 
     data_dir = ensure_data(cfg.data)
