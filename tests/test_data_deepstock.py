@@ -264,6 +264,16 @@ def test_hostile_rows_parse_or_are_counted(row, check):
     assert check(rec, skips, dropped)
 
 
+def test_fields_are_checked_against_the_price_date_when_it_is_earlier():
+    row = with_info(current_date="2024-01-10", price={"close": 10.0, "price_date": "2024-01-08"},
+                    news={"news_headlines": ["x"], "news_date": "2024-01-09"},
+                    financials={"year": "2024-01-09", "financials": '{"Basic EPS": 1.0}'})
+    dropped = Counter()
+    rec, _ = parse_hf_row(row, 1, Skips(), dropped)
+    assert rec["date"] == "2024-01-08" and rec["news"] == [] and rec["financial_metrics"] == "{}"
+    assert dropped == {"news_after_asof": 1, "financials_after_asof": 1}
+
+
 def test_a_price_dated_after_the_as_of_date_skips_the_row():
     skips = Skips()
     assert parse_hf_row(with_info(price={"close": 10.0, "price_date": "2024-03-01"}), 7, skips) is None

@@ -51,8 +51,10 @@ def test_one_date_gives_a_point_interval():
     df = frame(["2024-01-02"] * 4, [1, -1, 2, -2], ["up", "up", "up", "down"])
     b = date_bootstrap(df, n_resamples=200)
     assert b["accuracy_ci95_dates"] == [0.75, 0.75] and b["date_bootstrap"]["n_dates"] == 1
-    assert b["date_bootstrap"]["accuracy_se"] == 0.0 and b["min_detectable_edge"] == 0.0
-    assert b["sharpe_ci95_dates"] is None  # one day has no spread
+    assert b["date_bootstrap"]["accuracy_se"] is None and b["min_detectable_edge"] is None  # too few dates
+    assert b["date_bootstrap"]["p_value"] is None and b["sharpe_ci95_dates"] is None  # one day has no spread
+    m = {**compute_metrics(df), **b, "baselines": {}}
+    assert "dates resampled" not in verdict({**m, "n": 40})  # the verdict falls back to Wilson
 
 
 def test_all_equal_rows_of_a_date_match_a_bootstrap_over_dates_by_hand():

@@ -4,7 +4,7 @@ The bundled data is 2009-2010 S&P 500, and SmolLM2 and Qwen2.5 were pretrained l
 that names the ticker, the company and the dates lets a model "predict" what it read. With
 ``anonymize: true`` (prompt, train and eval configs) a prompt shows instead:
 
-- the ticker as a neutral id, ``STOCK-`` and four hex digits of a hash of the ticker (one id per ticker,
+- the ticker as a neutral id, ``STOCK-`` and six hex digits of a hash of the ticker (one id per ticker,
   so rows of one stock stay recognisable as one stock, and nothing else is);
 - no company name, description, industry, headlines or financial statements (each can name the firm);
   the sector stays, as a generic label (e.g. "Health Care");
@@ -32,7 +32,7 @@ _ISO = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 def neutral_id(ticker: str) -> str:
     """The ticker's stable neutral id."""
-    return f"STOCK-{zlib.crc32(ticker.encode()) & 0xFFFF:04X}"
+    return f"STOCK-{zlib.crc32(ticker.encode()) & 0xFFFFFF:06X}"
 
 
 def is_anonymized(example: Example) -> bool:

@@ -65,19 +65,20 @@ def parse_hf_row(row: Any, line: int, skips: Skips, dropped: Counter | None = No
     if priced and asof and priced > asof:
         skips.add("price_after_asof", 1, [line])
         return None
+    day = priced or asof  # the row's date: shown fields must be dated on or before it
     metrics, report = financials(_get(info, "financials", "financial_metrics", "metrics"))
     if metrics is None:
         dropped["financials_unreadable"] += 1
         metrics, report = {}, ""
-    if report and asof and report > asof:
+    if report and day and report > day:
         dropped["financials_after_asof"] += 1
         metrics, report = {}, ""
     news, news_date = news_of(_get(info, "news", "news_headlines", "headlines"))
-    if news_date and asof and news_date > asof:
+    if news_date and day and news_date > day:
         dropped["news_after_asof"] += 1
         news, news_date = [], ""
     rec = {
-        "line": line, "ticker": _text(ticker), "date": priced or asof, "close": _text(close),
+        "line": line, "ticker": _text(ticker), "date": day, "close": _text(close),
         "volume": _text(volume), "open": _text(open_),
         "name": _text(_get(inner, "name", "longname", "shortname") or _get(info, "name", "company_name")),
         "sector": _text(_get(inner, "sector") or _get(info, "sector")),

@@ -81,7 +81,7 @@ def run_audit(cfg, examples, named: pd.DataFrame, progress: bool = True) -> dict
     from stonklib.evaluate.predictions import read_predictions
     from stonklib.models import load_for_inference
 
-    anon_cfg = dataclasses.replace(cfg, anonymize=True, audit=None, vote_curve=[], num_samples=1,
+    anon_cfg = dataclasses.replace(cfg, anonymize=True, audit=None, vote_curve=[],
                                    out=str(Path(cfg.out) / "anonymized"))
     anon = read_predictions(generate_predictions(anon_cfg, examples, progress=progress)).frame
     sides = {}

@@ -55,8 +55,39 @@ Conventions for missing values:
   single class (a constant predictor carries no correlation).
 - A table with no rows is an error: there is nothing to score.
 
-The date-clustered intervals, the paired McNemar test and the smallest detectable edge are defined, with
-the same exactness, in :mod:`stonklib.evaluate.uncertainty`.
+Keys computed elsewhere, defined here so that every key of ``metrics.json`` is (the code is in
+:mod:`stonklib.evaluate.uncertainty`, :mod:`stonklib.evaluate.audit` and :mod:`stonklib.evaluate.run`):
+
+- ``accuracy_ci95_dates``, ``balanced_accuracy_ci95_dates``, ``mcc_ci95_dates``,
+  ``sharpe_ci95_dates``: 95% percentile intervals of a date block bootstrap.
+  ``bootstrap_resamples`` (2,000) times, draw the evaluated dates with replacement, as
+  many as there are (``numpy.random.default_rng(seed).integers(0, n_dates, (B, n_dates))``),
+  keep every row of each drawn date (a date drawn twice counts twice) and recompute
+  the statistic as defined above (the Sharpe from the backtest's daily returns of
+  the drawn dates); the interval is ``numpy.percentile(values, [2.5, 97.5])`` over
+  the resamples where the statistic is defined (None if none is).
+- ``date_bootstrap``: ``n_dates``, ``n_resamples``, ``seed``, ``accuracy_se`` (the
+  std, ddof 1, of the resampled accuracies) and ``p_value``: the share of resamples
+  whose accuracy is at most that resample's own majority rate (one-sided).
+- ``min_detectable_edge``: ``(Phi^-1(0.95) + Phi^-1(0.8)) * accuracy_se``, the
+  smallest edge over the majority rate a one-sided 5% test detects with 80% power
+  (normal approximation on the date-clustered standard error).
+- ``paired_vs_base`` and ``comparison.mcnemar``: on the (ticker, date) rows two
+  predictions tables share, ``only_a_correct`` = b and ``only_b_correct`` = c (unknown
+  is wrong); ``p_value`` = ``scipy.stats.binomtest(b, b + c, 0.5).pvalue`` (two-sided,
+  exact), 1.0 when b + c = 0; ``n_common``, ``accuracy_a``, ``accuracy_b``.
+  ``comparison.ensemble``: every metric above for the confidence-weighted vote of the two.
+- ``accuracy_by_samples``: per n of ``vote_curve``, ``accuracy``, ``accuracy_ci95``,
+  ``accuracy_ci95_dates``, ``parse_rate`` and ``predicted_up_rate`` of the rows scored
+  with the vote of n samples (:func:`stonklib.evaluate.predictions.vote`).
+- ``audit`` (``--audit memorisation``): ``named`` and ``anonymized`` (``n``,
+  ``accuracy``, ``parse_rate``, ``accuracy_ci95_dates``, ``majority_rate``,
+  ``p_value_vs_majority`` = that side's ``date_bootstrap.p_value``, ``predicted_up_rate``),
+  ``mcnemar`` (as above, a = named), ``familiarity`` (``mean`` over rows of each row's
+  mean token log-probability of the actual next close ``close * (1 + change_pct_1/100)``
+  written with two decimals, after the named prompt and "The next trading day's close
+  was $"; ``corr_with_correct`` and ``corr_p_value`` from ``scipy.stats.pearsonr`` of
+  that score against the named row being right), ``per_row`` and ``finding``.
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ def verdict(metrics: dict[str, Any]) -> str:
     Wilson interval and the binomial test, with a warning that they ignore same-day correlation."""
     acc, p0, n = metrics["accuracy"], metrics["majority_rate"], metrics["n"]
     (wlo, whi), boot = metrics["accuracy_ci95"], metrics.get("date_bootstrap")
-    clustered = bool(boot) and metrics.get("accuracy_ci95_dates") is not None
+    clustered = bool(boot) and metrics.get("accuracy_ci95_dates") is not None and boot.get("p_value") is not None
     if clustered:
         (lo, hi), p = metrics["accuracy_ci95_dates"], boot["p_value"]
         head = (f"Accuracy {acc:.2f} [{lo:.2f}, {hi:.2f}] (95%, dates resampled; Wilson over rows "

@@ -16,7 +16,9 @@ information than 2,000 independent rows, and a Wilson interval over rows is too 
   ``mcc_ci95_dates``, ``sharpe_ci95_dates``, and ``date_bootstrap`` with ``n_dates``,
   ``n_resamples``, ``seed``, ``accuracy_se`` (the std of the resampled accuracies) and
   ``p_value`` (the share of resamples whose accuracy is at most the majority rate of the same
-  resample: a one-sided percentile test of "accuracy above the majority baseline").
+  resample: a one-sided percentile test of "accuracy above the majority baseline"). With fewer than
+  ``MIN_DATES`` (20) dates the resampled spread means little: ``accuracy_se``, ``p_value`` and
+  ``min_detectable_edge`` are None, and the verdict falls back to the Wilson interval and binomial test.
 - **Power.** ``min_detectable_edge``: the smallest accuracy edge over the majority baseline that a
   one-sided test at level 0.05 detects with probability 0.8, from the date-clustered standard error:
   ``(z_0.95 + z_0.8) * accuracy_se`` (a normal approximation).
@@ -39,6 +41,7 @@ from stonklib.evaluate.metrics import DEFAULT_COST_BPS, TRADING_DAYS, actual_dir
 N_RESAMPLES = 2000
 ALPHA = 0.05
 POWER = 0.8
+MIN_DATES = 20  # below this many dates, accuracy_se, p_value and min_detectable_edge are None (the verdict uses Wilson)
 
 
 def per_date_counts(df: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
@@ -106,7 +109,8 @@ def date_bootstrap(df: pd.DataFrame, cost_bps: float = DEFAULT_COST_BPS, n_resam
     w = resample_weights(len(dates), n_resamples, seed)
     stats = statistics({c: w @ table[c].to_numpy() for c in table.columns})
     daily = daily_returns(df, cost_bps).reindex(dates).to_numpy(dtype=float)
-    se = float(np.nanstd(stats["accuracy"], ddof=1)) if n_resamples > 1 else float("nan")
+    few = len(dates) < MIN_DATES  # too few clusters: the resampled spread and p-value mean nothing
+    se = float(np.nanstd(stats["accuracy"], ddof=1)) if n_resamples > 1 and not few else float("nan")
     edge = (norm.ppf(1 - ALPHA) + norm.ppf(POWER)) * se
     return {
         "accuracy_ci95_dates": interval(stats["accuracy"]),
@@ -116,7 +120,7 @@ def date_bootstrap(df: pd.DataFrame, cost_bps: float = DEFAULT_COST_BPS, n_resam
         "min_detectable_edge": float(edge) if np.isfinite(edge) else None,
         "date_bootstrap": {"n_dates": len(dates), "n_resamples": n_resamples, "seed": seed,
                            "accuracy_se": se if np.isfinite(se) else None,
-                           "p_value": float(np.mean(stats["accuracy"] <= stats["majority_rate"]))},
+                           "p_value": None if few else float(np.mean(stats["accuracy"] <= stats["majority_rate"]))},
     }
 
 
