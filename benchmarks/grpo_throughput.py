@@ -15,7 +15,9 @@ What is compared, and how:
   exactly one token per word); for ``cpu`` the embedded SmolLM2-135M-Instruct with its real weights
   and the project's real rendered prompts. NF4 (double quantisation) + LoRA r=8, alpha 16, dropout
   0.05 on q/k/v/o for both systems; beta = 0.05 (k3 KL to the adapter-less model); temperature 0.7,
-  top-p 0.9, no top-k; one optimisation pass per batch (mu = 1); the five-part project reward for
+  top-p 0.9, no top-k; ``--num_iterations`` passes over each rollout (mu, default 1) and
+  ``--steps_per_generation`` optimizer steps per rollout (default 1), the same for both systems, with
+  optimizer steps per second reported for each (whole rollouts timed); the five-part project reward for
   both (TRL through :func:`stonklib.rewards.trl_reward_funcs`); gradient checkpointing for both.
 - Completions are forced to full length (ours: the sampler wrapped in ``bench_common.FullLength``; TRL:
   ``generation_kwargs={"min_new_tokens": C}``) and this is asserted for both systems at every step.
@@ -130,7 +132,9 @@ def build_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: lis
                       lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
                       lora_target_modules=LORA["target_modules"], device=device.type, batch_size=B, num_generations=G,
                       max_new_tokens=C, temperature=TEMPERATURE, top_p=TOP_P, kl_coef=BETA, lr=LR,
-                      max_prompt_tokens=shape.prompt_tokens or 1024, max_steps=a.warmup + a.steps + 1,
+                      max_prompt_tokens=shape.prompt_tokens or 1024,
+                      max_steps=(a.warmup + a.steps + 1) * a.num_iterations * a.steps_per_generation,
+                      num_iterations=a.num_iterations, steps_per_generation=a.steps_per_generation,
                       gradient_checkpointing=True, tensorboard=False, seed=a.seed, shared_prefix_logprobs=shared_prefix,
                       **cfg_overrides)
     torch.manual_seed(a.seed)
@@ -146,7 +150,7 @@ def build_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: lis
     if sampler_kind == "fast":
         from stonklib.sampling import FastSampler
 
-        sampler = FastSampler(policy, tok, max_batch=B * G, max_len=cfg.max_prompt_tokens + C)
+        sampler = FastSampler(policy, tok, max_batch=B * G * cfg.steps_per_generation, max_len=cfg.max_prompt_tokens + C)
     elif sampler_kind == "hf":
         sampler = HFSampler(policy, tok)
     else:
@@ -156,7 +160,8 @@ def build_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: lis
     trainer = GRPOTrainer(cfg, policy, tok, examples, [], runlog=log, sampler=sampler)
     ids, mask = encode_prompts(tok, texts, device)
     if shape.prompt_tokens is not None:
-        assert ids.shape == (B, shape.prompt_tokens) and bool(mask.all()), f"prompts are {tuple(ids.shape)}"
+        want = (B * cfg.steps_per_generation, shape.prompt_tokens)
+        assert ids.shape == want and bool(mask.all()), f"prompts are {tuple(ids.shape)}, expected {want}"
     return trainer, ids, mask, log
 
 
@@ -175,7 +180,7 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
             gc_clock.take()
-            res = trainer.step(ids, mask, examples)
+            res = trainer.step(ids, mask, examples)  # one rollout: num_iterations x steps_per_generation steps
             sync()
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)
@@ -185,7 +190,10 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
             print(f"  ours step {i}: {times[-1]:.3f} s {res.timings} gc={gcs[-1][0]:.3f} s ({gcs[-1][1]} full) "
                   f"loss={res.loss:.4f}", flush=True)
     peak = peak_gib()
-    out = summarise(times, a.warmup, B * G * C, peak, cpu_times)
+    per_rollout = a.num_iterations * a.steps_per_generation
+    out = summarise(times, a.warmup, B * G * C * a.steps_per_generation, peak, cpu_times)  # per rollout
+    out["optimizer_steps_per_s"] = per_rollout * len(times[a.warmup:]) / sum(times[a.warmup:])
+    out["rollout_s_all"] = times
     out["peak_reserved_gib"] = peak_reserved_gib()
     out["gc_s_all"], out["gc_full_all"] = [g[0] for g in gcs], [g[1] for g in gcs]
     out["sampler"] = type(sampler.inner).__name__
@@ -261,7 +269,8 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
     if not a.quantize:
         model.to("cuda" if cuda else "cpu")
-    n_steps = a.warmup + a.steps
+    per_rollout = a.num_iterations * a.steps_per_generation
+    n_steps = (a.warmup + a.steps) * per_rollout  # whole generation cycles
     rows = [{"prompt": t, **ex.to_row()} for t, ex in zip(texts, examples, strict=True)]
     ds = Dataset.from_list(rows * (n_steps + 1))
 
@@ -293,7 +302,8 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
     args = GRPOConfig(
         output_dir=str(work / "trl"), per_device_train_batch_size=B * G, num_generations=G,
         max_completion_length=C, generation_kwargs={"min_new_tokens": C}, temperature=TEMPERATURE, top_p=TOP_P,
-        top_k=0, beta=BETA, num_iterations=1, loss_type="grpo", scale_rewards="group", learning_rate=LR,
+        top_k=0, beta=BETA, num_iterations=a.num_iterations, steps_per_generation=a.steps_per_generation,
+        loss_type="grpo", scale_rewards="group", learning_rate=LR,
         max_steps=n_steps, bf16=cuda, use_cpu=not cuda, gradient_checkpointing=True,
         gradient_checkpointing_kwargs={"use_reentrant": False}, report_to="none", logging_strategy="no",
         save_strategy="no", disable_tqdm=True, seed=a.seed, dataloader_num_workers=0, log_completions=False,
@@ -309,7 +319,9 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
     peak = peak_gib()
     min_len, mean_len = timer.min_len, timer.mean_len
     assert len(min_len) == n_steps and all(v == C for v in min_len), f"trl: completion min lengths {min_len}, expected {C}"
-    out = summarise(timer.times, a.warmup, B * G * C, peak, timer.cpu_times)
+    out = summarise(timer.times, a.warmup * per_rollout, B * G * C, peak, timer.cpu_times)
+    timed = timer.times[a.warmup * per_rollout:]  # whole cycles: generation steps and the steps that reuse them
+    out["optimizer_steps_per_s"] = len(timed) / sum(timed)
     out["peak_reserved_gib"] = peak_reserved_gib()
     out["completion_min_length"], out["completion_mean_length"] = min_len, mean_len
     out["gc_s_all"], out["gc_full_all"] = [g[0] for g in timer.gcs], [g[1] for g in timer.gcs]
@@ -333,6 +345,11 @@ def parse_args(argv=None):
                    help="NF4 base weights (default: on for the GPU shapes, off for cpu).")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_iterations", type=int, default=1,
+                   help="mu: optimizer passes over each rollout, for both systems (TRL's num_iterations).")
+    p.add_argument("--steps_per_generation", type=int, default=1,
+                   help="Optimizer steps each rollout is split into, for both systems: one sampling call covers "
+                        "this many batches of the shape's prompts.")
     p.add_argument("--op_profile", action="store_true", help="Also record ours' CUDA kernel times of one extra step.")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="A TrainConfig field for ours (repeatable), e.g. --set compile_decoder=false.")
@@ -361,10 +378,11 @@ def main(argv=None) -> dict:
         else:
             model_dir = random_model_dir(Path(a.model_dir) if a.model_dir else work / "model", tiny=a.shape == "tiny")
         tok = load_tokenizer(model_dir)
-        examples = synthetic_examples(shape.prompts, a.seed)
+        examples = synthetic_examples(shape.prompts * a.steps_per_generation, a.seed)
         texts = prompt_texts(shape, tok, examples, a.seed)
         n_prompt = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
         result = {"machine": a.machine or machine_name(), "shape": a.shape, "shape_spec": vars(shape),
+                  "num_iterations": a.num_iterations, "steps_per_generation": a.steps_per_generation,
                   "prompt_tokens": n_prompt, "quantize": a.quantize, "steps": a.steps, "warmup": a.warmup,
                   "device": torch.cuda.get_device_name(0) if a.device == "cuda" else platform.processor() or "cpu",
                   "cpu_threads": torch.get_num_threads(), "versions": versions(),
@@ -384,11 +402,12 @@ def main(argv=None) -> dict:
     trl = result["systems"].get("trl")
     for name, r in result["systems"].items():
         if trl and name != "trl":
-            r["ratio"] = r["completion_tokens_per_s"] / trl["completion_tokens_per_s"]
+            r["ratio"] = r["optimizer_steps_per_s"] / trl["optimizer_steps_per_s"]  # at mu = 1: tokens/s ratio
             r["ratio_cpu_time"] = r["completion_tokens_per_cpu_s"] / trl["completion_tokens_per_cpu_s"]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / result_name(result["machine"], "grpo_throughput", a.shape)
+    mu = "" if a.num_iterations == a.steps_per_generation == 1 else f"mu{a.num_iterations}x{a.steps_per_generation}"
+    path = out / result_name(result["machine"], "grpo_throughput", a.shape, mu)
     path.write_text(json.dumps(result, indent=2))
     print_table(result)
     print("wrote", path)
@@ -398,6 +417,9 @@ def main(argv=None) -> dict:
 def print_table(result: dict) -> None:
     print(f"\n{result['machine']} {result['shape']} ({result['device']})")
     print(f"{'system':<17} {'s/step':>8} {'tok/s':>9} {'peak GiB':>9} {'tokens':>7} {'ratio':>7} {'cpu s/step':>10}")
+    print(f"(num_iterations {result['num_iterations']}, steps_per_generation {result['steps_per_generation']}: ours' "
+          "s/step is per rollout; optimizer steps/s: "
+          + ", ".join(f"{k} {r['optimizer_steps_per_s']:.2f}" for k, r in result["systems"].items()) + ")")
     for name, r in result["systems"].items():
         peak = f"{r['peak_mem_gib']:.2f}" if r["peak_mem_gib"] is not None else "-"
         ratio = f"{r['ratio']:.1f}x" if "ratio" in r else "-"

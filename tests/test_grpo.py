@@ -251,7 +251,7 @@ def test_group_advantages_integer_rewards_and_errors():
     with pytest.raises(ValueError, match="at least 2"):
         group_advantages(torch.zeros(4), 1)
     with pytest.raises(ValueError, match="scale"):
-        group_advantages(torch.zeros(4), 2, scale="batch")
+        group_advantages(torch.zeros(4), 2, scale="global")
 
 
 # --------------------------------------------------------------------------- chunked log-probs

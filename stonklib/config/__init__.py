@@ -22,8 +22,10 @@ from stonklib.config.core import (
     to_dict,
 )
 from stonklib.config.stages import (
+    ADVANTAGE_SCALES,
     BEST_METRICS,
     DIRECTION_SOURCES,
+    IS_LEVELS,
     KERNEL_SWITCH,
     LOSS_TYPES,
     REWARD_PARTS,
@@ -37,6 +39,6 @@ from stonklib.config.stages import (
 #: The YAML section each config reads from a combined file (``configs/smoke.yaml``).
 SECTIONS = {DataConfig: "data", WarmupConfig: "warmup", TrainConfig: "train", EvalConfig: "eval"}
 
-__all__ = ["BEST_METRICS", "DIRECTION_SOURCES", "KERNEL_SWITCH", "LOSS_TYPES", "REWARD_PARTS", "SECTIONS", "ConfigError", "DataConfig",
+__all__ = ["ADVANTAGE_SCALES", "BEST_METRICS", "DIRECTION_SOURCES", "IS_LEVELS", "KERNEL_SWITCH", "LOSS_TYPES", "REWARD_PARTS", "SECTIONS", "ConfigError", "DataConfig",
            "EvalConfig", "TrainConfig", "WarmupConfig", "base_type", "build", "coerce", "dump_yaml", "field_types", "kernels_arg",
            "load_yaml", "to_dict"]

@@ -20,6 +20,8 @@ PLANTED = ("momentum", "threshold")
 LABELS = ("next_close", "intraday")
 REWARD_PARTS = ("direction", "magnitude", "confidence", "data_utilization", "format")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+ADVANTAGE_SCALES = ("group", "batch", "none")
+IS_LEVELS = ("token", "sequence")
 #: The prompt templates' names (:data:`stonklib.prompts.TEMPLATES`, which a test holds equal to this), so a
 #: misspelt ``prompt_version`` fails with the rest of the config, before any model loads.
 PROMPT_VERSIONS = ("seed", "compact", "compact_example", "compact_format")
@@ -140,7 +142,7 @@ class RunConfig:
     lr_scheduler: str = option("cosine", "Decay after the learning-rate warm-up: cosine, linear or constant.")
     max_grad_norm: float = option(1.0, "Gradient-norm clip.")
     # --- logging and checkpoints
-    save_steps: int = option(50, "Write checkpoint-{step}/ every this many steps (and at each epoch end).")
+    save_steps: int = option(50, "Write checkpoint-{step}/ every this many steps (and at each epoch end); with several optimizer steps per rollout (num_iterations, steps_per_generation), at the end of the rollout the step falls in.")
     eval_steps: int = option(50, "Score the validation split every this many steps (a GRPO run keeps the best in best/).")
     eval_at_start: bool = option(False, "Also score the validation split before the first step: the untrained baseline of the curve.")
     logging_steps: int = option(1, "Write scalars every this many steps.")
@@ -244,7 +246,14 @@ class TrainConfig(RunConfig):
     epsilon: float = option(0.2, "PPO clip range (lower).")
     epsilon_high: float | None = option(None, "Upper clip range (DAPO clip-higher); default: epsilon.")
     loss_type: str = option("grpo", "Loss aggregation: grpo (per-sequence mean), dr_grpo (sum / (B*T)) or dapo (token mean).")
-    scale_rewards: str = option("group", "Advantage scaling: group (divide by group std) or none (Dr. GRPO).")
+    scale_rewards: str = option("group", "Advantage scaling: group (divide by the group's reward std), batch (by the whole batch's std, TRL's scale_rewards=batch) or none (Dr. GRPO).")
+    num_iterations: int = option(1, "mu: optimizer passes over each rollout (GRPO's mu, TRL's num_iterations). Above 1 the old log-probs are computed once per rollout and the clipped ratio acts on the later passes.")
+    steps_per_generation: int = option(1, "Optimizer steps each rollout is split into (TRL's steps_per_generation): one sampling call covers batch_size x steps_per_generation prompts, each step updates on its batch_size of them. A rollout makes num_iterations x steps_per_generation optimizer steps; checkpoints fall on rollout boundaries.")
+    importance_sampling_level: str = option("token", "Importance ratio per token (PPO/GRPO) or per sequence (GSPO, arXiv 2507.18071: the length-normalised sequence ratio, clipped as a whole).")
+    mask_truncated_completions: bool = option(False, "Leave completions that hit max_new_tokens before their EOS out of the loss (TRL's option; DAPO's overlong filtering). They still count in their group's baseline.")
+    overlong_buffer: int = option(0, "DAPO's soft overlong punishment: the last overlong_buffer tokens before max_new_tokens cost up to overlong_penalty reward, linearly (0: off).")
+    overlong_penalty: float = option(1.0, "With overlong_buffer: the reward a completion of max_new_tokens tokens loses.")
+    tis_cap: float | None = option(None, "Truncated importance sampling against the sampler/trainer gap: the policy term is weighted by min(pi_train / pi_sampler, tis_cap) per token (TRL's vllm_importance_sampling_correction, token_truncate). Needs a sampler that reports log-probs (both do). None: off; the gap is logged either way.")
     kl_bias_correction: bool = option(False, "Multiply the k3 KL term by the importance ratio (DeepSeek-V3.2; TRL's use_bias_correction_kl): its gradient becomes the reverse KL's score-function gradient. Off: DeepSeekMath's k3.")
     # --- exploration controls (docs/learning.md says which mattered)
     entropy_coef: float = option(0.0, "Weight of an entropy bonus in the loss: its gradient is the score-function estimate of the per-token entropy's gradient from the sampled tokens (0: off).")
@@ -269,7 +278,19 @@ class TrainConfig(RunConfig):
         require(self.loss_type in LOSS_TYPES, f"loss_type={self.loss_type!r}: use one of {', '.join(LOSS_TYPES)}.")
         require(self.lora_matmul_dtype in ("model", "adapter"),
                 f"lora_matmul_dtype={self.lora_matmul_dtype!r}: use model or adapter.")
-        require(self.scale_rewards in ("group", "none"), f"scale_rewards={self.scale_rewards!r}: use group or none.")
+        require(self.scale_rewards in ADVANTAGE_SCALES, f"scale_rewards={self.scale_rewards!r}: use {', '.join(ADVANTAGE_SCALES)}.")
+        require(self.importance_sampling_level in IS_LEVELS,
+                f"importance_sampling_level={self.importance_sampling_level!r}: use token (GRPO) or sequence (GSPO).")
+        require(self.num_iterations >= 1 and self.steps_per_generation >= 1,
+                f"num_iterations={self.num_iterations}, steps_per_generation={self.steps_per_generation}: both must be >= 1.")
+        per_rollout = self.num_iterations * self.steps_per_generation
+        require(not self.max_steps or self.max_steps % per_rollout == 0,
+                f"max_steps={self.max_steps} must be a multiple of num_iterations x steps_per_generation = {per_rollout} "
+                "(whole rollouts).")
+        require(0 <= self.overlong_buffer <= self.max_new_tokens,
+                f"overlong_buffer={self.overlong_buffer}: must be in [0, max_new_tokens={self.max_new_tokens}].")
+        require(self.overlong_penalty >= 0, f"overlong_penalty={self.overlong_penalty}: must be >= 0.")
+        require(self.tis_cap is None or self.tis_cap > 0, f"tis_cap={self.tis_cap}: must be > 0 (or None: off).")
         require(0 < self.top_p <= 1, f"top_p={self.top_p}: must be in (0, 1].")
         require(self.temperature > 0, f"temperature={self.temperature}: must be > 0.")
         require(self.entropy_coef >= 0, f"entropy_coef={self.entropy_coef}: must be >= 0 (0 turns the bonus off).")

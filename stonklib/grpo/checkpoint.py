@@ -204,3 +204,20 @@ def check_global_batch(state: dict[str, Any], cfg: TrainConfig, d: Dist, ckpt: P
             f"processes); this launch has {now} (batch_size {cfg.batch_size} x {d.world}). The data position counts "
             f"steps of the global batch, so resume with the same global batch: {hint}"
             f"--batch_size {saved // saved_world} with {saved_world} processes.")
+
+
+def check_rollout_shape(state: dict[str, Any], cfg: TrainConfig, ckpt: Path) -> None:
+    """Resume only with the checkpoint's ``num_iterations`` and ``steps_per_generation``, at a rollout boundary.
+
+    They decide which batch each optimizer step reads (:meth:`stonklib.grpo.trainer.GRPOTrainer.data_step`),
+    and a rollout's samples are not saved, so a run resumes where a rollout starts, with the same rollouts.
+    """
+    saved = (int(state.get("num_iterations", 1)), int(state.get("steps_per_generation", 1)))
+    now = (cfg.num_iterations, cfg.steps_per_generation)
+    if saved != now:
+        raise ConfigError(f"{ckpt} was trained with num_iterations={saved[0]}, steps_per_generation={saved[1]}; this "
+                          f"launch has {now[0]}, {now[1]}. They decide which prompts each step reads: resume with "
+                          f"--num_iterations {saved[0]} --steps_per_generation {saved[1]}.")
+    if int(state["step"]) % (saved[0] * saved[1]):
+        raise ConfigError(f"{ckpt} is at step {state['step']}, inside a rollout of {saved[0] * saved[1]} optimizer steps; "
+                          "its samples were not saved, so it cannot resume. Resume from an earlier checkpoint.")

@@ -28,8 +28,10 @@ def make_sampler(cfg, policy, tokenizer, log: RunLog | None = None, max_batch: i
     """FastSampler when ``cfg.fast_sampler`` asks for it and the architecture is supported, else HF generate.
 
     ``cfg`` is a TrainConfig or a WarmupConfig (the fields they share set the fast path); ``max_batch``
-    rows at most per call (default: one GRPO step's ``batch_size * num_generations``).
+    rows at most per call (default: one GRPO rollout's ``batch_size * steps_per_generation * num_generations``).
     """
+    if max_batch is None and hasattr(cfg, "num_generations"):
+        max_batch = cfg.batch_size * cfg.steps_per_generation * cfg.num_generations
     if cfg.fast_sampler:
         from stonklib.sampling import FastSampler, UnsupportedModelError
 

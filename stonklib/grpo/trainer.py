@@ -41,7 +41,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -55,6 +55,7 @@ from stonklib.data.records import Example
 from stonklib.grpo import distributed as D
 from stonklib.grpo.checkpoint import (
     check_global_batch,
+    check_rollout_shape,
     latest_checkpoint,
     load_adapter_weights,
     load_training_state,
@@ -63,7 +64,8 @@ from stonklib.grpo.checkpoint import (
 )
 from stonklib.grpo.collapse import CollapseMonitor, step_counts, step_signals
 from stonklib.grpo.dynamic import RESAMPLE_SALT, Groups, refill
-from stonklib.grpo.loss import group_advantages, grpo_loss
+from stonklib.grpo.lengths import CLIPPED_WARNING, length_stats, overlong_penalty, truncated
+from stonklib.grpo.loss import batch_reward_std, group_advantages, grpo_loss
 from stonklib.grpo.market import MarketStats
 from stonklib.grpo.runlog import RunLog
 from stonklib.grpo.schedule import batch_indices, guarded_step, make_scheduler, steps_per_epoch
@@ -71,7 +73,7 @@ from stonklib.grpo.validation import answer_counts, answer_stats, greedy_answers
 from stonklib.models import adapters_off
 from stonklib.prompts import fit_prompt
 from stonklib.rewards import score
-from stonklib.sampling.rollout import HFSampler, Rollout, encode_prompts, rollout
+from stonklib.sampling.rollout import HFSampler, Rollout, encode_prompts, eos_ids, rollout
 from stonklib.update.graphs import GraphedUpdate
 from stonklib.update.pick import pick_logprobs
 
@@ -93,6 +95,9 @@ class StepResult:
     timings: dict[str, float] = field(default_factory=dict)
     collapse: dict[str, float] = field(default_factory=dict)  # stonklib.grpo.collapse.step_counts of the first draw
     dynamic: dict[str, float] = field(default_factory=dict)  # stonklib.grpo.dynamic.refill's counts (when on)
+    iteration: int = 0  # which pass over its rollout (num_iterations) this step is
+    lengths: list[int] = field(default_factory=list)  # completion lengths in tokens
+    truncated: list[bool] = field(default_factory=list)  # hit max_new_tokens before EOS
 
 
 class _PolicyLogprobs(torch.nn.Module):
@@ -115,8 +120,10 @@ class GRPOTrainer:
         self.log = runlog or RunLog(cfg.output_dir, cfg.stage, is_main=dist.is_main, tensorboard=cfg.tensorboard)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.steps_per_epoch = steps_per_epoch(len(train), cfg.batch_size * dist.world)
-        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.steps_per_epoch = steps_per_epoch(len(train), cfg.batch_size * dist.world)  # of data (global batches)
+        self.per_rollout = cfg.num_iterations * cfg.steps_per_generation  # optimizer steps per rollout
+        rollouts = math.ceil(cfg.epochs * self.steps_per_epoch / cfg.steps_per_generation)
+        self.total_steps = cfg.max_steps or rollouts * self.per_rollout
         self.scheduler = make_scheduler(cfg, self.optimizer, self.total_steps)
         self.sampler = sampler or HFSampler(policy, tokenizer)
         self.logprobs = pick_logprobs(policy, shared_prefix=cfg.shared_prefix_logprobs, dense=cfg.dense_update,
@@ -127,12 +134,13 @@ class GRPOTrainer:
         self.loss = partial(grpo_loss, beta=cfg.kl_coef, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
                             loss_type=cfg.loss_type, max_completion_length=cfg.max_new_tokens,
                             kl_bias_correction=cfg.kl_bias_correction, entropy_coef=cfg.entropy_coef,
+                            importance_sampling_level=cfg.importance_sampling_level, tis_cap=cfg.tis_cap,
                             stats_as_tensors=True)
         self.graphed = None  # the update's passes and backward from CUDA graphs, where they apply
         if GraphedUpdate.usable(self.logprobs, self.device, micro_batches=cfg.grad_accum_steps, distributed=dist.enabled,
                                 graphs=cfg.update_graphs):
             self.graphed = GraphedUpdate(self.logprobs, self.params)
-            self._graph_loss = lambda logp, ref, adv, cmask: self.loss(logp, logp.detach(), ref, adv, cmask)
+            self._graph_loss = self._graph_losses()
         if dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Every LoRA weight is used in every forward (no find_unused_parameters), which also
@@ -145,29 +153,56 @@ class GRPOTrainer:
         self.collapse = CollapseMonitor()
         self.step_num, self.best_val, self.skipped_updates = 0, -math.inf, 0
         self.best_key = (-math.inf, -math.inf)  # (best_metric, val/reward) of best/
+        self.eos_ids = eos_ids(tokenizer)
+        self._sampler_stale = False  # optimizer steps since the sampler last followed the policy (inside a rollout)
+        self._warned_clipped = False
 
     # ------------------------------------------------------------------ data
-    def batch_examples(self, step: int) -> list[Example]:
-        """This rank's prompts for ``step``: its slice of the global batch (a per-epoch seeded permutation)."""
-        idx = batch_indices(len(self.train_set), step, self.cfg.batch_size * self.dist.world, self.cfg.seed)
+    def batch_examples(self, data_step: int) -> list[Example]:
+        """This rank's prompts for data step ``data_step``: its slice of that global batch (a per-epoch seeded
+        permutation). At one optimizer step per rollout data steps are optimizer steps (:meth:`data_step`)."""
+        idx = batch_indices(len(self.train_set), data_step, self.cfg.batch_size * self.dist.world, self.cfg.seed)
         mine = idx[self.dist.rank * self.cfg.batch_size:(self.dist.rank + 1) * self.cfg.batch_size]
         return [self.train_set[i] for i in mine]
+
+    def data_step(self, step: int) -> int:
+        """The global batch optimizer step ``step`` updates on: rollouts advance ``steps_per_generation`` batches
+        each, and every pass over a rollout (``num_iterations``) reads the same ones."""
+        k = self.cfg.steps_per_generation
+        return step // self.per_rollout * k + step % k
+
+    def rollout_examples(self, step: int) -> list[Example]:
+        """The prompts of the rollout that starts at optimizer step ``step``: ``steps_per_generation`` batches."""
+        first = self.data_step(step)
+        return [ex for d in range(first, first + self.cfg.steps_per_generation) for ex in self.batch_examples(d)]
 
     def encode(self, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
         texts = [fit_prompt(ex, self.tok, self.cfg.max_prompt_tokens, self.cfg.prompt_version).text for ex in examples]
         return encode_prompts(self.tok, texts, self.device)
 
-    # ------------------------------------------------------------------ one step
+    # ------------------------------------------------------------------ one rollout
     def train_step(self, examples: list[Example]) -> StepResult:
         return self.step(*self.encode(examples), examples)
 
     def step(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[Example]) -> StepResult:
+        """One rollout of these prompts and all its optimizer steps; the last step's result (at mu = 1 the only one)."""
+        *_, last = self.rollout_steps(prompt_ids, prompt_mask, examples)
+        return last
+
+    def rollout_steps(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                      examples: list[Example]) -> Iterator[StepResult]:
+        """Sample and score ``examples`` (``batch_size x steps_per_generation`` prompts) once, then yield the
+        result of each of the rollout's ``num_iterations x steps_per_generation`` optimizer steps.
+
+        Pass ``i`` of ``num_iterations`` runs the ``steps_per_generation`` slices in order, each one optimizer
+        step on ``batch_size`` of the groups. With more than one step per rollout the old log-probs are the
+        policy's as sampled (no LoRA dropout, before the first update), computed once.
+        """
         cfg, G, t = self.cfg, self.cfg.num_generations, {}
         t0 = time.perf_counter()
         groups = self._sample(prompt_ids, prompt_mask, examples)
         t["sample_s"] = time.perf_counter() - t0
-        first = groups
-        dyn = {}
+        first, dyn = groups, {}
         if cfg.dynamic_sampling:
             t0 = time.perf_counter()
             groups, dyn = refill(first, self._resample, cfg.max_resample_rounds, self.tok.pad_token_id)
@@ -177,24 +212,76 @@ class GRPOTrainer:
         roll, scored = groups.rollout, groups.scores
         rewards = torch.tensor([s.total for s in scored], dtype=torch.float32)
         components = {k: torch.tensor([s.components[k] for s in scored]) for k in cfglib.REWARD_PARTS}
-        advantages = group_advantages(rewards, G, scale=cfg.scale_rewards)
+        lengths = roll.completion_mask.sum(1).cpu()
+        cut = truncated(roll.completion_ids, roll.completion_mask, self.eos_ids).cpu()
+        if cfg.overlong_buffer:  # DAPO's soft overlong punishment, on top of the five parts
+            components["overlong"] = overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer,
+                                                      cfg.overlong_penalty)
+            rewards = rewards + components["overlong"]
+        advantages = group_advantages(rewards, G, scale=cfg.scale_rewards, batch_std=self._batch_std(rewards))
+        loss_mask = roll.completion_mask
+        if cfg.mask_truncated_completions:  # out of the loss; the attention still sees their tokens
+            loss_mask = loss_mask * (~cut).to(loss_mask.device, loss_mask.dtype).unsqueeze(1)
         t["score_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        loss, stats, skipped = self._update(roll, advantages.to(self.device))
-        t["update_s"] = time.perf_counter() - t0
-        self.sampler.refresh(self.policy)
+        old_logp = None
+        if self.per_rollout > 1 or cfg.tis_cap is not None:
+            t0 = time.perf_counter()
+            old_logp = self._old_logprobs(roll)
+            t["old_logprobs_s"] = time.perf_counter() - t0
 
         predictions = [s.prediction.direction for s in scored]
-        group_examples = [ex for ex in groups.examples for _ in range(G)]
-        delta = MarketStats()
-        delta.update([ex.direction_1 for ex in group_examples], predictions)
-        # The collapse signals describe the policy's own sampling: the first draw, before any refill.
         first_predictions = [s.prediction.direction for s in first.scores]
-        counts = step_counts(torch.tensor([s.total for s in first.scores]), G, first.rollout.texts, first_predictions,
-                             [ex.direction_1 for ex in first.examples for _ in range(G)])
-        return StepResult(roll, rewards, components, advantages, predictions, list(groups.examples), delta,
-                          loss, stats, skipped, t, counts, dyn)
+        first_rewards = torch.tensor([s.total for s in first.scores])
+        n = len(examples) // cfg.steps_per_generation * G  # completions per optimizer step
+        for it in range(cfg.num_iterations):
+            for k in range(cfg.steps_per_generation):
+                rows, grp = slice(k * n, (k + 1) * n), slice(k * n // G, (k + 1) * n // G)
+                part = roll.rows(list(range(rows.start, rows.stop))) if self.per_rollout > 1 else roll
+                t0 = time.perf_counter()
+                loss, stats, skipped = self._update(part, advantages[rows].to(self.device), loss_mask[rows],
+                                                    None if old_logp is None else old_logp[rows])
+                last = it == cfg.num_iterations - 1 and k == cfg.steps_per_generation - 1
+                self._sampler_stale = True
+                if last:
+                    self.sampler.refresh(self.policy)
+                    self._sampler_stale = False
+                step_t = (t if it == 0 and k == 0 else {}) | {"update_s": time.perf_counter() - t0}
+                group_examples = [ex for ex in groups.examples[grp] for _ in range(G)]
+                delta = MarketStats()
+                if it == 0:  # each sampled answer counts once, however often its rollout is reused
+                    delta.update([ex.direction_1 for ex in group_examples], predictions[rows])
+                # The collapse signals describe the policy's own sampling: the first draw, before any refill.
+                counts = step_counts(first_rewards[rows], G, first.rollout.texts[rows], first_predictions[rows],
+                                     [ex.direction_1 for ex in first.examples[grp] for _ in range(G)])
+                yield StepResult(part, rewards[rows], {c: v[rows] for c, v in components.items()}, advantages[rows],
+                                 predictions[rows], list(groups.examples[grp]), delta, loss, stats, skipped, step_t,
+                                 counts, dyn if it == 0 and k == 0 else {}, iteration=it,
+                                 lengths=lengths[rows].tolist(), truncated=cut[rows].tolist())
+
+    def _batch_std(self, rewards: torch.Tensor) -> float | None:
+        """The reward std over the whole batch, every rank's completions (``scale_rewards="batch"`` only)."""
+        if self.cfg.scale_rewards != "batch":
+            return None
+        r = rewards.double()
+        sums = D.all_reduce_sum(torch.stack([torch.tensor(float(r.numel()), dtype=torch.float64), r.sum(),
+                                             (r * r).sum()]), self.dist)
+        return batch_reward_std(*sums.tolist())
+
+    @torch.no_grad()
+    def _old_logprobs(self, roll: Rollout) -> torch.Tensor:
+        """pi_old: the policy's log-probs of the rollout's tokens before its first update, LoRA dropout off,
+        in micro-batches of whole groups (the update's)."""
+        cfg = self.cfg
+        rows = cfg.batch_size * cfg.num_generations // cfg.grad_accum_steps
+        C = roll.completion_ids.shape[1]
+        ids, attn = roll.input_ids, roll.attention_mask
+        self.policy.eval()
+        try:
+            parts = [self.logprobs(self.policy, ids[i:i + rows], attn[i:i + rows], C, cfg.temperature)
+                     for i in range(0, ids.shape[0], rows)]
+        finally:
+            self.policy.train()
+        return torch.cat(parts).float()
 
     def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[Example]) -> Groups:
         """G completions for each prompt, in one batched call, scored."""
@@ -217,12 +304,17 @@ class GRPOTrainer:
         return score(completion, example, self.cfg.reward_weights, multi_horizon=self.cfg.multi_horizon,
                      class_freq=class_freq)
 
-    def _update(self, roll: Rollout, advantages: torch.Tensor) -> tuple[float, dict[str, float], bool]:
-        """Reference and policy log-probs, loss, backward (from a CUDA graph where one applies), clip, AdamW."""
+    def _update(self, roll: Rollout, advantages: torch.Tensor, loss_mask: torch.Tensor,
+                old_logp: torch.Tensor | None = None) -> tuple[float, dict[str, float], bool]:
+        """Reference and policy log-probs, loss, backward (from a CUDA graph where one applies), clip, AdamW.
+
+        ``old_logp`` None: on-policy (mu = 1), the policy's own detached log-probs. ``loss_mask`` is the
+        completion mask, less the truncated completions under ``mask_truncated_completions``.
+        """
         cfg = self.cfg
         self.policy.train()
-        passes = self._graphed_passes(roll, advantages) if self.graphed else None
-        loss, stats = passes or self._eager_passes(roll, advantages)
+        passes = self._graphed_passes(roll, advantages, loss_mask, old_logp) if self.graphed else None
+        loss, stats = passes or self._eager_passes(roll, advantages, loss_mask, old_logp)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)  # of the all-reduced grads
         # One device sync for loss, stats and grad norm, after backward: a sync between forward and
         # backward would stop the host queueing the backward while the GPU still runs the forward.
@@ -236,17 +328,31 @@ class GRPOTrainer:
         self.skipped_updates += skipped
         return total_loss, stats, skipped
 
-    def _graphed_passes(self, roll: Rollout, advantages: torch.Tensor):
+    def _graphed_passes(self, roll: Rollout, advantages: torch.Tensor, loss_mask: torch.Tensor,
+                        old_logp: torch.Tensor | None):
         """(loss, stats) from a replay of the update's CUDA graph, or None when this batch runs eagerly.
 
         One micro-batch on one process (:meth:`GraphedUpdate.usable`); the graph's loss counts its own
-        mask for DAPO, the same number as the eager path's token count, without its host sync.
+        mask for DAPO, the same number as the eager path's token count, without its host sync. The old
+        and the sampler's log-probs, where given, are static inputs like the mask.
         """
+        extras = (advantages, loss_mask.float(), *(t for t in (old_logp, roll.sampler_logp) if t is not None))
+        loss_fn = self._graph_loss[(old_logp is not None, roll.sampler_logp is not None)]
         return self.graphed(self.policy, roll.input_ids, roll.attention_mask, roll.completion_ids.shape[1],
-                            self.cfg.temperature, (advantages, roll.completion_mask.float()), self._graph_loss,
-                            with_ref=self.cfg.kl_coef > 0)
+                            self.cfg.temperature, extras, loss_fn, with_ref=self.cfg.kl_coef > 0)
 
-    def _eager_passes(self, roll: Rollout, advantages: torch.Tensor):
+    def _graph_losses(self) -> dict[tuple[bool, bool], Callable]:
+        """The graph's loss functions, keyed by (old log-probs given, sampler log-probs given); one object each,
+        so a graph captured for one is replayed for it."""
+        def make(has_old: bool, has_sampler: bool):
+            def loss_fn(logp, ref, adv, cmask, *rest):
+                old = rest[0] if has_old else logp.detach()
+                return self.loss(logp, old, ref, adv, cmask, sampler_logp=rest[-1] if has_sampler else None)
+            return loss_fn
+        return {(a, b): make(a, b) for a in (False, True) for b in (False, True)}
+
+    def _eager_passes(self, roll: Rollout, advantages: torch.Tensor, loss_mask: torch.Tensor,
+                      old_logp: torch.Tensor | None):
         """(loss, stats) of the eager passes, backward run, over ``grad_accum_steps`` micro-batches of whole groups."""
         cfg, n_mb = self.cfg, self.cfg.grad_accum_steps
         rows = roll.completion_ids.shape[0] // n_mb  # whole groups per micro-batch (config guarantees it)
@@ -256,12 +362,12 @@ class GRPOTrainer:
         # averages the ranks' gradients, hence the factor world.
         num_items = None
         if cfg.loss_type == "dapo":
-            tokens = D.all_reduce_sum(roll.completion_mask.sum().double().cpu(), self.dist)
+            tokens = D.all_reduce_sum(loss_mask.sum().double().cpu(), self.dist)
             num_items = float(tokens) / (n_mb * self.dist.world)
         total_loss, stats_acc = 0.0, {}
         for m in range(n_mb):
             sl = slice(m * rows, (m + 1) * rows)
-            ids, attn, cmask = input_ids[sl], attention_mask[sl], roll.completion_mask[sl]
+            ids, attn, cmask = input_ids[sl], attention_mask[sl], loss_mask[sl]
             ref_logp = None
             if cfg.kl_coef > 0:
                 with torch.no_grad(), adapters_off(self.policy):
@@ -269,7 +375,10 @@ class GRPOTrainer:
             sync = m == n_mb - 1 or not self.dist.enabled
             with self.forward.no_sync() if not sync else contextlib.nullcontext():
                 logp = self.forward(ids, attn, C, cfg.temperature)
-                loss, stats = self.loss(logp, logp.detach(), ref_logp, advantages[sl], cmask.float(), num_items=num_items)
+                old = logp.detach() if old_logp is None else old_logp[sl]
+                sampler_logp = None if roll.sampler_logp is None else roll.sampler_logp[sl]
+                loss, stats = self.loss(logp, old, ref_logp, advantages[sl], cmask.float(), num_items=num_items,
+                                        sampler_logp=sampler_logp)
                 (loss / n_mb).backward()
             total_loss = total_loss + loss.detach().float() / n_mb
             for k, v in stats.items():
@@ -287,18 +396,25 @@ class GRPOTrainer:
         bar = tqdm(total=self.total_steps, initial=self.step_num, desc=f"GRPO stage {cfg.stage}",
                    disable=not (progress and self.dist.is_main), unit="step")
         while self.step_num < self.total_steps:
-            step = self.step_num
-            torch.manual_seed(D.step_seed(cfg.seed, step, self.dist))
-            t0 = time.perf_counter()
-            res = self.train_step(self.batch_examples(step))
-            self.step_num = step + 1
-            scalars = self._log_step(step, res, time.perf_counter() - t0)
-            bar.update(1)
-            bar.set_postfix(reward=f"{scalars['reward/total']:.2f}", kl=f"{scalars.get('kl', 0.0):.4f}")
-            epoch_end = self.step_num % self.steps_per_epoch == 0
-            if self.step_num % cfg.eval_steps == 0 or self.step_num == self.total_steps:
-                self._evaluate_and_keep_best()
-            if self.step_num % cfg.save_steps == 0 or epoch_end or self.step_num == self.total_steps:
+            start = self.step_num
+            torch.manual_seed(D.step_seed(cfg.seed, start, self.dist))
+            examples = self.rollout_examples(start)
+            save_due, t0 = False, time.perf_counter()
+            for res in self.rollout_steps(*self.encode(examples), examples):
+                step = self.step_num
+                self.step_num = step + 1
+                scalars = self._log_step(step, res, time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(reward=f"{scalars['reward/total']:.2f}", kl=f"{scalars.get('kl', 0.0):.4f}")
+                if self.step_num % cfg.eval_steps == 0 or self.step_num == self.total_steps:
+                    self._evaluate_and_keep_best()
+                save_due |= self.step_num % cfg.save_steps == 0 or self.step_num == self.total_steps
+                t0 = time.perf_counter()
+            # Checkpoints fall on rollout boundaries: a rollout's samples are not saved, so one cut in the middle
+            # could not resume it. A save that falls due inside a rollout (or an epoch that ends there) waits for its end.
+            first = self.data_step(start)
+            epoch_end = first // self.steps_per_epoch < (first + cfg.steps_per_generation) // self.steps_per_epoch
+            if save_due or epoch_end:
                 self.save()
         bar.close()
         summary = {"steps": self.step_num, "best_metric": self.cfg.best_metric, "best_val": self.best_val,
@@ -320,12 +436,17 @@ class GRPOTrainer:
         scalars |= step_signals(dict(zip(keys, n[2:].tolist(), strict=True)))
         scalars |= {k: v for k, v in res.stats.items()} | {"loss": res.loss, "lr": self.scheduler.get_last_lr()[0]}
         scalars |= {"tokens_per_s": float(n[1]) / max(seconds, 1e-9), "step_s": seconds,
-                    "epoch": step / self.steps_per_epoch, "skipped_updates": self.skipped_updates}
+                    "epoch": self.data_step(step) / self.steps_per_epoch, "skipped_updates": self.skipped_updates,
+                    "iteration": float(res.iteration)}
+        scalars |= self._length_scalars(res)
+        if "overlong" in res.components:
+            scalars["reward/overlong"] = float(D.all_reduce_sum(res.components["overlong"].sum().double(), self.dist) / n[0])
         scalars |= {f"dynamic/{k}": v for k, v in D.mean_over_ranks(res.dynamic, self.dist).items()}
         scalars |= {f"market/{k}": v for k, v in self.market.to_dict().items() if isinstance(v, float)}
         scalars |= {f"time/{k}": v for k, v in res.timings.items()}
         warning = self.collapse.update(step + 1, scalars)
-        rows = D.gather_to_main(self._completion_rows(step, res), self.dist)
+        # A rollout's completions are written once, with its first pass (later passes reuse them).
+        rows = D.gather_to_main(self._completion_rows(step, res) if res.iteration == 0 else [], self.dist)
         if self.dist.is_main:
             self.log.completions([r for rank_rows in rows for r in rank_rows])
             if step % self.cfg.logging_steps == 0:
@@ -333,14 +454,25 @@ class GRPOTrainer:
             self.market.save(Path(self.cfg.output_dir) / "market_stats.json")
             if warning:
                 self.log.warning(warning)
+            clipped = scalars.get("completions/clipped_ratio", 0.0)
+            if clipped >= CLIPPED_WARNING and not self._warned_clipped:
+                self._warned_clipped = True
+                self.log.warning(f"step {step + 1}: {clipped:.0%} of the completions reached max_new_tokens="
+                                 f"{self.cfg.max_new_tokens} before their end-of-sequence token, so their answers may be "
+                                 "cut off: raise max_new_tokens, or set mask_truncated_completions or overlong_buffer.")
         return scalars
+
+    def _length_scalars(self, res: StepResult) -> dict[str, float]:
+        """TRL's completion-length metrics over every rank's completions of this step."""
+        parts = D.all_gather((res.lengths, res.truncated), self.dist) if self.dist.enabled else [(res.lengths, res.truncated)]
+        return length_stats([n for ln, _ in parts for n in ln], [c for _, cut in parts for c in cut])
 
     def _completion_rows(self, step: int, res: StepResult) -> list[dict]:
         G, rows, examples = self.cfg.num_generations, [], res.examples
         for i, text in enumerate(res.rollout.texts):
             ex = examples[i // G]
             rows.append({
-                "step": step + 1, "epoch": step // self.steps_per_epoch, "rank": self.dist.rank,
+                "step": step + 1, "epoch": self.data_step(step) // self.steps_per_epoch, "rank": self.dist.rank,
                 "prompt_id": f"{ex.ticker}@{ex.date}", "ticker": ex.ticker, "date": ex.date, "completion": text,
                 "predicted_direction": res.predictions[i], "actual_change_pct": ex.change_pct_1,
                 "actual_direction": ex.direction_1, "rewards": {k: float(v[i]) for k, v in res.components.items()},
@@ -371,6 +503,9 @@ class GRPOTrainer:
     def _evaluate_and_keep_best(self) -> None:
         if not self.val_set:
             return
+        if self._sampler_stale:  # inside a rollout: the sampler has not followed the last update yet
+            self.sampler.refresh(self.policy)
+            self._sampler_stale = False
         metrics = D.broadcast(self.validation_reward(), self.dist)  # one best/ decision for all ranks
         if self.dist.is_main:
             self.log.scalars(self.step_num, metrics)
@@ -383,8 +518,10 @@ class GRPOTrainer:
             self.save(Path(self.cfg.output_dir) / "best")
 
     def state(self) -> dict[str, Any]:
-        return {"step": self.step_num, "epoch": self.step_num // self.steps_per_epoch,
-                "data_position": self.step_num % self.steps_per_epoch, "best_metric": self.cfg.best_metric,
+        data = self.data_step(self.step_num)  # a rollout boundary: the next rollout's first batch
+        return {"step": self.step_num, "epoch": data // self.steps_per_epoch,
+                "data_position": data % self.steps_per_epoch, "best_metric": self.cfg.best_metric,
+                "num_iterations": self.cfg.num_iterations, "steps_per_generation": self.cfg.steps_per_generation,
                 "best_val": self.best_val, "best_key": list(self.best_key), "collapse": self.collapse.to_dict(),
                 "skipped_updates": self.skipped_updates, "market": self.market.to_dict(),
                 "log_offsets": self.log.offsets(), "world_size": self.dist.world, "total_steps": self.total_steps,
@@ -415,7 +552,9 @@ class GRPOTrainer:
         if not ckpt.is_dir():
             raise FileNotFoundError(f"rank {self.dist.rank} cannot see {ckpt}, the checkpoint rank 0 resumes from: "
                                     "with several nodes, output_dir must be on a filesystem that every node mounts.")
-        check_global_batch(json.loads((ckpt / "trainer_state.json").read_text()), self.cfg, self.dist, ckpt)
+        saved = json.loads((ckpt / "trainer_state.json").read_text())
+        check_global_batch(saved, self.cfg, self.dist, ckpt)
+        check_rollout_shape(saved, self.cfg, ckpt)
         load_adapter_weights(self.policy, ckpt)
         state = load_training_state(ckpt, self.optimizer, self.scheduler)
         self.step_num, self.best_val = state["step"], state.get("best_val", -math.inf)

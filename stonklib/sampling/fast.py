@@ -32,14 +32,14 @@ from torch import Tensor
 
 from stonklib import kernels as _kernels
 from stonklib.sampling.decoder import Decoder, KVCache
+from stonklib.sampling.rollout import eos_ids
 from stonklib.sampling.weights import ArchSpec, DecoderWeights, causal_lm
 
 
 def _eos_ids(tokenizer, eos_token_id) -> list[int]:
-    eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
-    if eos is None:
-        return []
-    return list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
+    if eos_token_id is None:
+        return eos_ids(tokenizer)
+    return list(eos_token_id) if isinstance(eos_token_id, (list, tuple)) else [int(eos_token_id)]
 
 
 def _sample_top_p(logits: Tensor, temperature: Tensor, top_p: Tensor, k: int) -> Tensor:
@@ -94,6 +94,7 @@ class _State:
         self.slot_valid = torch.zeros(max_batch, max_len, dtype=torch.bool, device=device)
         self.finished = torch.zeros(max_batch, dtype=torch.bool, device=device)
         self.out = torch.zeros(max_batch, max_len, **long)
+        self.logp = torch.zeros(max_batch, max_len, dtype=torch.float32, device=device)  # of each chosen token
 
 
 class FastSampler:
@@ -108,7 +109,9 @@ class FastSampler:
     and MLP, and the top-p draw, as the Triton kernels of :mod:`stonklib.kernels`; ``mlp_kernel=False``
     keeps cuBLAS for the MLP, whose kernel sums split-K with atomics (not bit-reproducible). The
     trainer sets these from ``TrainConfig`` (``decode_graphs``, ``compile_decoder``, ``triton_kernels``,
-    ``decode_mlp_kernel``).
+    ``decode_mlp_kernel``). After :meth:`sample`, ``last_logprobs`` ([N, C] float32) holds each sampled
+    token's log-prob under ``softmax(logits / temperature)`` (before top-p, as the update computes it), from
+    the bf16 merged weights: the sampler's side of the sampler/trainer gap (:func:`stonklib.grpo.loss.grpo_loss`).
     """
 
     def __init__(self, model, tokenizer, max_batch: int, max_len: int, *, dtype: torch.dtype | None = None,
@@ -130,6 +133,7 @@ class FastSampler:
         pad = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
         self.pad = int(pad if pad is not None else (self.eos[0] if self.eos else 0))
         self.max_batch, self.max_len = max_batch, max_len
+        self.last_logprobs: Tensor | None = None
         self._build(model)
 
     def _build(self, model) -> None:
@@ -165,7 +169,9 @@ class FastSampler:
         self._prefill(prompt_ids.to(self.device), prompt_mask.to(self.device), min_new_tokens, temperature, top_p,
                       greedy)
         done = self._decode(graph, n, greedy, max_new_tokens)
-        return self._trim(self.state.out[:n, :done].clone(), max_new_tokens)
+        ids = self._trim(self.state.out[:n, :done].clone(), max_new_tokens)
+        self.last_logprobs = self.state.logp[:n, :ids.shape[1]].clone()
+        return ids
 
     def _prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, min_new_tokens: int, temperature: float,
                  top_p: float, greedy: bool) -> None:
@@ -239,6 +245,11 @@ class FastSampler:
         finished = st.finished[:n]
         tok = torch.where(finished, self.pad, tok)
         st.out[:n].index_copy_(1, st.step, tok[:, None])
+        # The sampled token's log-prob under softmax(logits / T), as the update computes it (before top-p):
+        # one gather and one log-sum-exp over the float32 logits, for the sampler/trainer gap.
+        scaled = logits / st.temperature
+        lp = scaled.gather(1, tok[:, None]).squeeze(1) - torch.logsumexp(scaled, -1)
+        st.logp[:n].index_copy_(1, st.step, lp[:, None])
         finished |= (tok[:, None] == self.eos_t).any(1)
         st.tok[:n] = tok
 

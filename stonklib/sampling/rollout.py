@@ -8,8 +8,9 @@ Two samplers share one interface (:class:`Sampler`):
   a static KV cache (graph-captured bf16 on CUDA, eager float32 on CPU).
 
 Prompts are left-padded and completions right-padded; a completion's mask covers its tokens up to
-and including the first EOS. The log-probs of the sampled tokens are the update's business
-(:mod:`stonklib.update`).
+and including the first EOS. The update computes its own log-probs of the sampled tokens
+(:mod:`stonklib.update`); each sampler also leaves the log-probs it drew them with in
+``last_logprobs`` (``Rollout.sampler_logp``), so the trainer can measure, and correct, the gap.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Rollout:
     completion_ids: torch.Tensor  # [N, C]
     completion_mask: torch.Tensor  # [N, C], 1 up to and including the first EOS
     texts: list[str]
+    sampler_logp: torch.Tensor | None = None  # [N, C] float32: the sampler's log-probs of its tokens (None: unknown)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -46,7 +48,7 @@ class Rollout:
         """The rollout of rows ``index`` (in that order)."""
         i = torch.tensor(index, dtype=torch.long, device=self.prompt_ids.device)
         return Rollout(self.prompt_ids[i], self.prompt_mask[i], self.completion_ids[i], self.completion_mask[i],
-                       [self.texts[k] for k in index])
+                       [self.texts[k] for k in index], None if self.sampler_logp is None else self.sampler_logp[i])
 
     @staticmethod
     def concat(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -61,11 +63,14 @@ class Rollout:
             extra = width - t.shape[1]
             return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=value)
 
+        logp = None
+        if all(r.sampler_logp is not None for r in parts):
+            logp = torch.cat([torch.nn.functional.pad(r.sampler_logp, (0, C - r.sampler_logp.shape[1])) for r in parts])
         return Rollout(torch.cat([pad(r.prompt_ids, P, True, pad_id) for r in parts]),
                        torch.cat([pad(r.prompt_mask, P, True, 0) for r in parts]),
                        torch.cat([pad(r.completion_ids, C, False, pad_id) for r in parts]),
                        torch.cat([pad(r.completion_mask, C, False, 0) for r in parts]),
-                       [t for r in parts for t in r.texts])
+                       [t for r in parts for t in r.texts], logp)
 
 
 class Sampler(Protocol):
@@ -75,7 +80,11 @@ class Sampler(Protocol):
     def sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, max_new_tokens: int,
                min_new_tokens: int = 0, temperature: float = 1.0, top_p: float = 1.0,
                greedy: bool = False) -> torch.Tensor:
-        """Completion ids [N, C] (C <= max_new_tokens), padded with the pad id after EOS."""
+        """Completion ids [N, C] (C <= max_new_tokens), padded with the pad id after EOS.
+
+        Afterwards ``last_logprobs`` is [N, C] float32: each sampled token's log-prob under
+        ``softmax(logits / temperature)`` (before top-p), or None for greedy decoding.
+        """
 
 
 class HFSampler:
@@ -84,6 +93,7 @@ class HFSampler:
     def __init__(self, model, tokenizer):
         self.model = model
         self.tokenizer = tokenizer
+        self.last_logprobs: torch.Tensor | None = None
 
     def refresh(self, model) -> None:
         self.model = model
@@ -98,11 +108,29 @@ class HFSampler:
         if greedy:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
-            kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+            kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, output_logits=True,
+                      return_dict_in_generate=True)
         out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **kw)
         if was_training:
             self.model.train()
-        return out[:, prompt_ids.shape[1]:]
+        self.last_logprobs = None
+        if greedy:
+            return out[:, prompt_ids.shape[1]:]
+        ids = out.sequences[:, prompt_ids.shape[1]:]
+        steps = []  # one step at a time: stacking [N, C, V] float32 logits would cost gigabytes on a 150k vocabulary
+        for t, logits in enumerate(out.logits):  # the raw logits of each step, before generate's processors
+            scaled = logits.float() / temperature
+            steps.append(scaled.gather(1, ids[:, t:t + 1]).squeeze(1) - scaled.logsumexp(-1))
+        self.last_logprobs = torch.stack(steps, 1) if steps else ids.new_zeros(ids.shape, dtype=torch.float32)
+        return ids
+
+
+def eos_ids(tokenizer) -> list[int]:
+    """The tokenizer's end-of-sequence ids as a list (empty when it has none)."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_token_id: int | list[int] | None) -> torch.Tensor:
@@ -131,7 +159,10 @@ def rollout(sampler: Sampler, tokenizer, prompt_ids, prompt_mask, num_generation
     c_ids = sampler.sample(p_ids, p_mask, **sample_kw)
     c_mask = completion_mask(c_ids, tokenizer.eos_token_id).to(p_mask.dtype)
     texts = tokenizer.batch_decode(c_ids.masked_fill(c_mask == 0, tokenizer.pad_token_id), skip_special_tokens=True)
-    return Rollout(p_ids, p_mask, c_ids, c_mask, texts)
+    logp = getattr(sampler, "last_logprobs", None)
+    if logp is not None and tuple(logp.shape) != tuple(c_ids.shape):
+        logp = None  # a wrapper changed the ids (benchmarks force full length): the sampler's numbers no longer apply
+    return Rollout(p_ids, p_mask, c_ids, c_mask, texts, logp)
 
 
 def generate_texts(model, tokenizer, prompts: list[str], *, batch_size: int = 8, max_new_tokens: int = 200,
