@@ -170,7 +170,7 @@ class FastSampler:
                       greedy)
         done = self._decode(graph, n, greedy, max_new_tokens)
         ids = self._trim(self.state.out[:n, :done].clone(), max_new_tokens)
-        self.last_logprobs = self.state.logp[:n, :ids.shape[1]].clone()
+        self.last_logprobs = None if greedy else self.state.logp[:n, :ids.shape[1]].clone()
         return ids
 
     def _prefill(self, prompt_ids: Tensor, prompt_mask: Tensor, min_new_tokens: int, temperature: float,
@@ -247,9 +247,10 @@ class FastSampler:
         st.out[:n].index_copy_(1, st.step, tok[:, None])
         # The sampled token's log-prob under softmax(logits / T), as the update computes it (before top-p):
         # one gather and one log-sum-exp over the float32 logits, for the sampler/trainer gap.
-        scaled = logits / st.temperature
-        lp = scaled.gather(1, tok[:, None]).squeeze(1) - torch.logsumexp(scaled, -1)
-        st.logp[:n].index_copy_(1, st.step, lp[:, None])
+        if not greedy:  # greedy answers (validation) need no log-probs: keep their decode step as it was
+            scaled = logits / st.temperature
+            lp = scaled.gather(1, tok[:, None]).squeeze(1) - torch.logsumexp(scaled, -1)
+            st.logp[:n].index_copy_(1, st.step, lp[:, None])
         finished |= (tok[:, None] == self.eos_t).any(1)
         st.tok[:n] = tok
 

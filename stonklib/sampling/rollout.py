@@ -161,7 +161,7 @@ def rollout(sampler: Sampler, tokenizer, prompt_ids, prompt_mask, num_generation
     texts = tokenizer.batch_decode(c_ids.masked_fill(c_mask == 0, tokenizer.pad_token_id), skip_special_tokens=True)
     logp = getattr(sampler, "last_logprobs", None)
     if logp is not None and tuple(logp.shape) != tuple(c_ids.shape):
-        logp = None  # a wrapper changed the ids (benchmarks force full length): the sampler's numbers no longer apply
+        logp = None  # log-probs that do not line up with the ids (a sampler that rewrote them) are dropped, not guessed
     return Rollout(p_ids, p_mask, c_ids, c_mask, texts, logp)
 
 
