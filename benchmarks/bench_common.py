@@ -8,6 +8,7 @@ Used by ``grpo_throughput.py``, ``update_profile.py``, ``decode_profile.py``, ``
 from __future__ import annotations
 
 import gc
+import math
 import os
 import platform
 import random
@@ -41,6 +42,9 @@ class Shape:
 SHAPES = {
     "seed": Shape(4, 4, 512, 256, "qwen2.5-1.5b-random"),
     "large": Shape(8, 8, 512, 256, "qwen2.5-1.5b-random"),
+    # what configs/stage1.yaml and stage2.yaml run: 1024-token prompts, 400 new tokens
+    "seed_full": Shape(4, 4, 1024, 400, "qwen2.5-1.5b-random"),
+    "large_full": Shape(8, 8, 1024, 400, "qwen2.5-1.5b-random"),
     "cpu": Shape(2, 4, None, 64, "smollm2"),
     "tiny": Shape(2, 2, 32, 8, "qwen-tiny-random"),  # a smoke test of this script, not a benchmark
 }
@@ -346,3 +350,64 @@ def dense_extra_bytes(blocks, model, shared=None) -> int:
                     seen.add(t.data_ptr())
                     total += t.numel() * t.element_size()
     return total
+
+
+# ---------------------------------------------------------------------- the decode's roofline
+def decode_bytes(weights, spec, rows: int, prompt_tokens: int, new_tokens: int) -> dict:
+    """Bytes one FastSampler decode step must read from memory at least, averaged over a completion.
+
+    Every weight the decoder multiplies by (:class:`stonklib.sampling.weights.DecoderWeights`: each layer's
+    norms, q|k|v, o, gate|up and down, the final norm and the LM head; a tied head counts once), plus the
+    key/value cache of the positions each step attends to: ``rows`` sequences of ``prompt_tokens`` plus,
+    on average over the ``new_tokens - 1`` decode steps, half the completion. The embedding rows looked up
+    are ``rows x hidden`` and counted too. What a kernel reads beyond that (padding, a static cache read
+    past the live positions) is the kernel's cost, not the floor's.
+    """
+    seen, weight_bytes = set(), 0
+    tensors = [weights.lm_head, weights.norm]
+    for lw in weights.layers:
+        tensors += [lw.ln_attn, lw.ln_mlp]
+        for f in (lw.qkv, lw.o, lw.gate_up, lw.down):
+            tensors += [f.weight] + ([f.bias] if f.bias is not None else [])
+    for t in tensors:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            weight_bytes += t.numel() * t.element_size()
+    elem = weights.lm_head.element_size()
+    mean_context = prompt_tokens + new_tokens / 2
+    kv = 2 * spec.n_layers * rows * spec.n_kv_heads * spec.head_dim * mean_context * elem
+    embed = rows * spec.hidden * elem
+    return {"weight_bytes": weight_bytes, "kv_bytes_per_step": kv, "embedding_bytes_per_step": embed,
+            "bytes_per_step": weight_bytes + kv + embed, "mean_context": mean_context}
+
+
+def copy_bandwidth(n_bytes: int = 2**30, repeats: int = 10) -> float | None:
+    """Achievable memory bandwidth in bytes/s: a device-to-device copy, bytes read plus written over its time
+    (best of ``repeats``). None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    src = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = math.inf
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    del src, dst
+    return 2 * n_bytes / best
+
+
+def roofline(sampler, rows: int, prompt_tokens: int, new_tokens: int, decode_s: float, decode_steps: float,
+             bandwidth: float | None) -> dict:
+    """The measured decode time per token step beside its floor, ``decode_bytes / bandwidth``."""
+    out = decode_bytes(sampler.weights, sampler.spec, rows, prompt_tokens, new_tokens)
+    out["decode_ms_per_step"] = 1e3 * decode_s / decode_steps
+    out["bandwidth_bytes_per_s"] = bandwidth
+    if bandwidth:
+        out["floor_ms_per_step"] = 1e3 * out["bytes_per_step"] / bandwidth
+        out["ratio_to_floor"] = out["decode_ms_per_step"] / out["floor_ms_per_step"]
+    return out

@@ -4,12 +4,14 @@ Run (from the repository root)::
 
     python benchmarks/grpo_throughput.py --shape seed              # GPU: 4 prompts x 4, 512 + 256 tokens
     python benchmarks/grpo_throughput.py --shape large             # GPU: 8 prompts x 8
+    python benchmarks/grpo_throughput.py --shape seed_full         # GPU: 4 x 4, 1024 + 400 (the shipped configs)
+    python benchmarks/grpo_throughput.py --shape large_full        # GPU: 8 x 8, 1024 + 400
     python benchmarks/grpo_throughput.py --shape cpu               # CPU: SmolLM2-135M, 2 prompts x 4, 64 tokens
     python benchmarks/grpo_throughput.py --shape seed --systems ours --steps 3 --no-quantize
 
 What is compared, and how:
 
-- The model: for ``seed``/``large`` the Qwen2.5-1.5B architecture built in code with random weights
+- The model: for ``seed``/``large`` and their ``_full`` shapes the Qwen2.5-1.5B architecture built in code with random weights
   (hidden 1536, 28 layers, 12 heads, 2 KV heads, intermediate 8960, vocab 151936, tied embeddings,
   rope theta 1e6) and a word-level tokenizer over the same vocabulary (prompt ``w17 w9031 ...`` is
   exactly one token per word); for ``cpu`` the embedded SmolLM2-135M-Instruct with its real weights
@@ -29,11 +31,15 @@ What is compared, and how:
 - "trl" is ``trl.GRPOTrainer.train`` for ``warmup + steps`` optimizer steps; each step is timed
   from ``on_step_begin`` to ``on_step_end`` (generation happens inside), synchronised on CUDA.
 - Reported per system: median step time after ``--warmup`` steps, completion tokens per second
-  (B*G*C / median), peak allocated GPU memory during the steps (weights included; also
+  (B*G*C / median; with a rollout reused, each completion once over whole cycles), peak allocated
+  GPU memory during the steps (weights included; also
   ``peak_reserved_gib``, what the caching allocator held, CUDA graph pools included), and ours/TRL;
   also process CPU seconds per step (steadier than wall time on a shared CPU machine). A last,
-  untimed step of ours is instrumented for a breakdown (sampling / log-probs / backward /
-  optimizer).
+  untimed rollout of ours is instrumented for a breakdown (sampling / log-probs / backward /
+  optimizer), and with the fast sampler its decode is set beside its floor (``roofline``): the
+  measured ms per token step, the bytes a step must read (every weight once, the live key/value
+  cache; ``bench_common.decode_bytes``), the device-to-device copy bandwidth measured in the same
+  run, ``floor_ms_per_step`` = bytes / bandwidth and their ratio.
 - "ours" is the trainer as configured by default: FastSampler (CUDA graphs on GPU, eager on CPU)
   and :func:`stonklib.update.prefix.shared_prefix_logprobs` (each group's prompt computed once
   in the update) over dense base weights (:mod:`stonklib.update.dense`, ``dense_update``).
@@ -75,6 +81,7 @@ from bench_common import (  # noqa: E402
     GCClock,
     SamplerClock,
     Shape,
+    copy_bandwidth,
     cuda_kernel_profile,
     free_memory,
     load_tokenizer,
@@ -86,6 +93,7 @@ from bench_common import (  # noqa: E402
     random_model_dir,
     reset_peak,
     result_name,
+    roofline,
     summarise,
     sync,
     synthetic_examples,
@@ -198,9 +206,16 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     out["gc_s_all"], out["gc_full_all"] = [g[0] for g in gcs], [g[1] for g in gcs]
     out["sampler"] = type(sampler.inner).__name__
     out["fast_path"] = {k: getattr(trainer.cfg, k) for k in FAST_PATH_FIELDS}
-    out["logprobs"] = trainer.logprobs.__name__
+    out["logprobs"] = trainer.update.logprobs.__name__
     out["trainer_timings"] = parts
     out["profile"] = profile_ours_step(trainer, ids, mask, examples)
+    clock = out["profile"]["sampler"]
+    if clock.get("decode_steps") and hasattr(sampler.inner, "weights"):  # FastSampler: decode time vs its floor
+        out["roofline"] = roofline(sampler.inner, B * G * a.steps_per_generation, ids.shape[1], C, clock["decode_s"],
+                                   clock["decode_steps"], copy_bandwidth())
+        r = out["roofline"]
+        print(f"  decode {r['decode_ms_per_step']:.3f} ms per token step; floor {r.get('floor_ms_per_step', float('nan')):.3f} ms "
+              f"({r['bytes_per_step'] / 1e9:.2f} GB per step); ratio {r.get('ratio_to_floor', float('nan')):.2f}", flush=True)
     if getattr(a, "op_profile", False) and device.type == "cuda":
         out["op_profile"] = cuda_kernel_profile(trainer.step, ids, mask, examples)
     log.close()
@@ -215,10 +230,10 @@ def _assert_full(c_ids: torch.Tensor, c_mask: torch.Tensor, n: int, C: int, who:
 
 
 def profile_ours_step(trainer, ids, mask, examples) -> dict:
-    """One more (untimed) step with synchronised timers around its parts."""
+    """One more (untimed) rollout with synchronised timers around its parts (its optimizer steps summed)."""
     acc = {"ref_logprobs_s": 0.0, "policy_logprobs_s": 0.0, "optimizer_s": 0.0, "refresh_s": 0.0}
-    orig_lp, orig_opt, orig_refresh = trainer.logprobs, trainer.optimizer.step, trainer.sampler.refresh
-    trainer.logprobs = trainer.forward.fn = timed(acc, logprob_pass_key("ref_logprobs_s", "policy_logprobs_s"), orig_lp)
+    orig_lp, orig_opt, orig_refresh = trainer.update.logprobs, trainer.optimizer.step, trainer.sampler.refresh
+    trainer.update.logprobs = trainer.update.forward.fn = timed(acc, logprob_pass_key("ref_logprobs_s", "policy_logprobs_s"), orig_lp)
     trainer.optimizer.step = timed(acc, lambda: "optimizer_s", orig_opt)
     trainer.sampler.refresh = timed(acc, lambda: "refresh_s", orig_refresh)
     clock = SamplerClock(trainer.sampler) if hasattr(trainer.sampler.inner, "_decode") else None
@@ -227,22 +242,22 @@ def profile_ours_step(trainer, ids, mask, examples) -> dict:
             clock.__enter__()
         sync()
         t0 = time.perf_counter()
-        res = trainer.step(ids, mask, examples)
+        steps = list(trainer.rollout_steps(ids, mask, examples))  # one rollout, all its optimizer steps
         sync()
         total = time.perf_counter() - t0
     finally:
-        trainer.logprobs = trainer.forward.fn = orig_lp
+        trainer.update.logprobs = trainer.update.forward.fn = orig_lp
         trainer.optimizer.step = orig_opt
         trainer.sampler.refresh = orig_refresh
         if clock is not None:
             clock.__exit__()
-    t = res.timings
+    t = steps[0].timings | {"update_s": sum(r.timings.get("update_s", 0.0) for r in steps)}  # sampling: the first's
     prof = {"step_s": total, "sample_s": t.get("sample_s"), "score_s": t.get("score_s"), **acc}
     prof["backward_loss_clip_s"] = (t.get("update_s", 0.0) - acc["ref_logprobs_s"] - acc["policy_logprobs_s"]
                                     - acc["optimizer_s"])
     prof["sampler"] = dict(clock.timings) if clock is not None else {}
-    if getattr(trainer, "graphed", None) is not None:  # the passes ran inside the update's CUDA graph: no pass timers
-        prof["update_graph"] = {"captures": trainer.graphed.captures, "replays": trainer.graphed.replays}
+    if trainer.update.graphed is not None:  # the passes ran inside the update's CUDA graph: no pass timers
+        prof["update_graph"] = {"captures": trainer.update.graphed.captures, "replays": trainer.update.graphed.replays}
     return prof
 
 
@@ -322,6 +337,8 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
     out = summarise(timer.times, a.warmup * per_rollout, B * G * C, peak, timer.cpu_times)
     timed = timer.times[a.warmup * per_rollout:]  # whole cycles: generation steps and the steps that reuse them
     out["optimizer_steps_per_s"] = len(timed) / sum(timed)
+    if per_rollout > 1:  # the median step may reuse a rollout: count each completion once, over whole cycles
+        out["completion_tokens_per_s"] = B * G * C * len(timed) / a.num_iterations / sum(timed)
     out["peak_reserved_gib"] = peak_reserved_gib()
     out["completion_min_length"], out["completion_mean_length"] = min_len, mean_len
     out["gc_s_all"], out["gc_full_all"] = [g[0] for g in timer.gcs], [g[1] for g in timer.gcs]
@@ -340,7 +357,9 @@ def parse_args(argv=None):
                         "a _modules suffix runs the update through the PEFT/NF4 modules (dense_update=False); "
                         "a _full suffix (ours_full, ours_hf_full) computes log-probs with the full forward (ablations).")
     p.add_argument("--steps", type=int, default=3, help="Timed optimizer steps per system.")
-    p.add_argument("--warmup", type=int, default=1, help="Untimed steps first (CUDA graph capture, allocator).")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="Untimed rollouts first: the decode graphs are captured in the first, the update's graph at the second "
+                        "batch of a shape (with 1, the first timed rollout of mu = 1 includes that capture).")
     p.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
                    help="NF4 base weights (default: on for the GPU shapes, off for cpu).")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -51,7 +51,8 @@ from stonklib.cli import add_config_flags  # noqa: E402
 VAL_KEYS = ("val/accuracy", "val/balanced_accuracy", "val/mcc", "val/parse_rate", "val/format_rate",
             "val/predicted_up_rate", "val/distinct_share", "val/reward")
 STEP_KEYS = ("reward/total", "reward/direction", "reward/zero_std_groups", "reward/zero_std_wrong_groups",
-             "completions/distinct_share", "completions/predicted_up_rate", "entropy", "kl")
+             "completions/distinct_share", "completions/predicted_up_rate", "entropy", "kl", "step_s",
+             "sampler/logp_gap", "sampler/logp_gap_max")
 GRPO = ("stage1", "stage2", "train")
 TARGET_ACCURACY = 0.9
 
@@ -115,8 +116,18 @@ def verdict(stages: dict[str, dict], evaluation: dict | None = None) -> dict:
     out: dict = {"grpo_steps": offset}
     acc = [(p["step"], p.get("val/accuracy")) for p in points if p.get("val/accuracy") is not None]
     if acc:
+        at = next((s for s, a in acc if a >= TARGET_ACCURACY), None)
         out["accuracy"] = {"first": acc[0][1], "last": acc[-1][1], "best": max(a for _, a in acc),
-                           "first_step_at_target": next((s for s, a in acc if a >= TARGET_ACCURACY), None)}
+                           "first_step_at_target": at}
+        # Training time only (sampling, scoring, update), validation excluded: the cost of getting there.
+        seconds = [(s["step"], s["step_s"]) for s in steps if s.get("step_s") is not None]
+        if seconds:
+            out["train_seconds"] = sum(t for _, t in seconds)
+            out["train_seconds_at_target"] = None if at is None else sum(t for s, t in seconds if s <= at)
+    gaps = [s for s in steps if s.get("sampler/logp_gap") is not None]
+    if gaps:  # |log pi_sampler - log pi_train| per token: mean over the run's steps, and the largest token's
+        out["sampler_logp_gap"] = {"mean": sum(s["sampler/logp_gap"] for s in gaps) / len(gaps),
+                                   "max": max(s["sampler/logp_gap_max"] for s in gaps), "steps": len(gaps)}
     tail = steps[-10:]
     mean = lambda k: (sum(s[k] for s in tail if s.get(k) is not None) / max(1, sum(s.get(k) is not None for s in tail)))  # noqa: E731
     if tail:
@@ -134,6 +145,11 @@ def verdict(stages: dict[str, dict], evaluation: dict | None = None) -> dict:
         text.append(f"held-out accuracy {a['first']:.3f} at the first validation -> {a['last']:.3f} at step {acc[-1][0]} "
                     f"(best {a['best']:.3f}; " + (f"{TARGET_ACCURACY} first reached at GRPO step {at})" if at is not None
                                                   else f"{TARGET_ACCURACY} never reached)"))
+        if out.get("train_seconds_at_target") is not None:
+            text.append(f"{out['train_seconds_at_target']:.1f} s of training to reach it ({out['train_seconds']:.1f} s in all)")
+    if "sampler_logp_gap" in out:
+        g = out["sampler_logp_gap"]
+        text.append(f"sampler/trainer log-prob gap: mean {g['mean']:.4f}, max {g['max']:.3f} nats per token")
     if "end" in out:
         e = out["end"]
         text.append(f"last 10 steps: distinct_share {e.get('distinct_share', float('nan')):.2f}, zero_std_groups "

@@ -31,9 +31,12 @@ checkpoint recompute, clip, AdamW) is run on it:
   differences; ``eager_vs_eager_*``: the eager passes run twice, the nondeterminism of the GPU's
   reductions alone); ``parts`` is empty then (the passes run inside the graph); ``padded``: updates on
   the rollout cut to half its completion length, replayed from the full-length graph (padded up)
-  against the same updates run eagerly.
+  against the same updates run eagerly. ``update_graph.on_policy`` checks the mu = 1 loss;
+  ``update_graph.old_and_sampler`` (``dense_tis``) the loss with the old and the sampler's log-probs
+  as the graph's static inputs, as mu > 1 and ``tis_cap`` run it.
 
-``dense_nographs`` is ``dense`` with ``update_graphs=False``: every pass eager.
+``dense_nographs`` is ``dense`` with ``update_graphs=False``: every pass eager. ``dense_tis`` is ``dense``
+with ``tis_cap=2``, so the trainer computes pi_old and weights the policy term by the sampler ratio.
 
 Writes ``<out>/<machine>-update_profile-<shape>.json``.
 """
@@ -62,7 +65,8 @@ from stonklib.environment import prefer_expandable_segments  # noqa: E402
 VARIANTS = {"modules": {"dense_update": False},
             "dense": {"dense_update": True},
             "dense_nographs": {"dense_update": True, "update_graphs": False},
-            "dense_fp32_lora": {"dense_update": True, "lora_matmul_dtype": "adapter"}}
+            "dense_fp32_lora": {"dense_update": True, "lora_matmul_dtype": "adapter"},
+            "dense_tis": {"dense_update": True, "tis_cap": 2.0}}
 
 
 def capture_update_inputs(trainer, ids, mask, examples, warmup: int):
@@ -70,9 +74,9 @@ def capture_update_inputs(trainer, ids, mask, examples, warmup: int):
     kept = {}
     orig = trainer._update
 
-    def spy(roll, adv):
+    def spy(roll, adv, *rest):
         kept["args"] = (roll, adv)
-        return orig(roll, adv)
+        return orig(roll, adv, *rest)
 
     trainer._update = spy
     try:
@@ -90,8 +94,8 @@ def capture_update_inputs(trainer, ids, mask, examples, warmup: int):
 def timed_parts(trainer, roll, adv) -> dict:
     """One update with synchronised timers around the reference and policy passes."""
     acc = {"ref_s": 0.0, "policy_s": 0.0}
-    orig = trainer.logprobs
-    trainer.logprobs = trainer.forward.fn = bc.timed(acc, bc.logprob_pass_key("ref_s", "policy_s"), orig)
+    orig = trainer.update.logprobs
+    trainer.update.logprobs = trainer.update.forward.fn = bc.timed(acc, bc.logprob_pass_key("ref_s", "policy_s"), orig)
     try:
         bc.sync()
         t0 = time.perf_counter()
@@ -99,7 +103,7 @@ def timed_parts(trainer, roll, adv) -> dict:
         bc.sync()
         total = time.perf_counter() - t0
     finally:
-        trainer.logprobs = trainer.forward.fn = orig
+        trainer.update.logprobs = trainer.update.forward.fn = orig
     return {"update_s": total, **acc, "loss_backward_clip_optimizer_s": total - acc["ref_s"] - acc["policy_s"]}
 
 
@@ -114,7 +118,7 @@ def dense_check(trainer, roll) -> dict:
     out = {}
     try:
         res = {}
-        for name, fn in (("dense", trainer.logprobs), ("modules", shared_prefix_logprobs)):
+        for name, fn in (("dense", trainer.update.logprobs), ("modules", shared_prefix_logprobs)):
             lp = fn(policy, roll.input_ids, roll.attention_mask, C, T)
             grads = torch.autograd.grad((lp * roll.completion_mask).sum(), params)
             res[name] = (lp.detach()[keep], torch.cat([g.flatten().float() for g in grads]))
@@ -131,7 +135,7 @@ def ref_graph_check(trainer, roll) -> dict:
     from stonklib.models import adapters_off
     from stonklib.update.prefix import StreamGeometry, stream_logprobs
 
-    fn, C, T = trainer.logprobs, roll.completion_ids.shape[1], trainer.cfg.temperature
+    fn, C, T = trainer.update.logprobs, roll.completion_ids.shape[1], trainer.cfg.temperature
     with torch.no_grad(), adapters_off(trainer.policy):
         graphed = fn(trainer.policy, roll.input_ids, roll.attention_mask, C, T)
         geo = StreamGeometry.of(trainer.policy, roll.input_ids, roll.attention_mask, C)
@@ -142,14 +146,30 @@ def ref_graph_check(trainer, roll) -> dict:
 
 
 def update_graph_check(trainer, roll, adv) -> dict:
-    """A replay of the trainer's update graph against the same passes run eagerly, with the same dropout seed."""
+    """A replay of the trainer's update graph against the same passes run eagerly, with the same dropout seed:
+    on-policy (mu = 1), and with old and sampler log-probs as static inputs (mu > 1 with ``tis_cap``)."""
+    if trainer.update.loss.keywords.get("tis_cap") is not None:  # the loss needs the sampler's log-probs
+        return {"old_and_sampler": _graph_vs_eager(trainer, roll, adv, with_old=True)}
+    return {"on_policy": _graph_vs_eager(trainer, roll, adv, with_old=False)}
+
+
+def _graph_vs_eager(trainer, roll, adv, with_old: bool) -> dict:
     from stonklib.models import adapters_off
 
-    graphed, policy, params = trainer.graphed, trainer.policy, trainer.params
-    C, T = roll.completion_ids.shape[1], trainer.cfg.temperature
+    up, policy, params = trainer.update, trainer.policy, trainer.params
+    graphed, C, T = up.graphed, roll.completion_ids.shape[1], trainer.cfg.temperature
+    gen = torch.Generator().manual_seed(5)
     # Random advantages: a random-weight model's rewards are often all equal (zero advantages, zero gradients).
-    adv = torch.randn(adv.shape, generator=torch.Generator().manual_seed(5)).to(adv.device)
-    extras, with_ref = (adv, roll.completion_mask.float()), trainer.cfg.kl_coef > 0
+    adv = torch.randn(adv.shape, generator=gen).to(adv.device)
+    extras, sampler = (adv, roll.completion_mask.float()), roll.sampler_logp
+    if with_old:  # pi_old as sampled, and the sampler's log-probs (else: made slightly different from it)
+        old = up.old_logprobs(roll)
+        if sampler is None:
+            sampler = old + 0.05 * torch.randn(old.shape, generator=gen).to(old.device)
+        extras += (old,)
+    extras += () if sampler is None else (sampler,)
+    loss_fn = up.graph_losses[(with_old, sampler is not None)]  # the key the trainer's steps use
+    with_ref = trainer.cfg.kl_coef > 0
     policy.train()
     res = {}
     for name in ("eager", "eager_again", "graph"):
@@ -160,20 +180,23 @@ def update_graph_check(trainer, roll, adv) -> dict:
             ref = None
             if with_ref:
                 with torch.no_grad(), adapters_off(policy):
-                    ref = trainer.logprobs(policy, roll.input_ids, roll.attention_mask, C, T)
-            loss, stats = trainer._graph_loss(trainer.logprobs(policy, roll.input_ids, roll.attention_mask, C, T),
-                                              ref, *extras)
+                    ref = up.logprobs(policy, roll.input_ids, roll.attention_mask, C, T)
+            loss, stats = loss_fn(up.logprobs(policy, roll.input_ids, roll.attention_mask, C, T), ref, *extras)
             loss.backward()
-        else:
-            loss, stats = graphed(policy, roll.input_ids, roll.attention_mask, C, T, extras, trainer._graph_loss,
-                                  with_ref=with_ref)
+        else:  # a batch the graph does not cover yet runs eagerly (None); the second one is captured
+            for _ in range(3):
+                torch.manual_seed(1234)
+                out = graphed(policy, roll.input_ids, roll.attention_mask, C, T, extras, loss_fn, with_ref=with_ref)
+                if out is not None:
+                    break
+            loss, stats = out
         res[name] = (float(loss), {k: float(v) for k, v in stats.items()},
                      torch.cat([p.grad.flatten().float() for p in params]))
     for p in params:
         p.grad = None
     (le, se, ge), (lg, sg, gg), (_, _, ga) = res["eager"], res["graph"], res["eager_again"]
     return {"loss_abs_diff": abs(le - lg), "loss": le, "stats_max_abs_diff": max(abs(se[k] - sg[k]) for k in se),
-            "grad_max_abs_diff": float((ge - gg).abs().max()), "grad_max_abs": float(ge.abs().max()),
+            "stats": sorted(se), "grad_max_abs_diff": float((ge - gg).abs().max()), "grad_max_abs": float(ge.abs().max()),
             "grad_rel_l2_diff": float((ge - gg).norm() / ge.norm()),
             # the eager passes against themselves: how far run-to-run nondeterminism alone moves the gradients
             "eager_vs_eager_grad_rel_l2_diff": float((ge - ga).norm() / ge.norm()),
@@ -188,11 +211,11 @@ def padded_timing(trainer, roll, adv, repeats: int) -> dict:
 
     half = roll.completion_ids.shape[1] // 2
     cut = Rollout(roll.prompt_ids, roll.prompt_mask, roll.completion_ids[:, :half], roll.completion_mask[:, :half],
-                  roll.texts)
-    graphed, captures = trainer.graphed, trainer.graphed.captures
+                  roll.texts, None if roll.sampler_logp is None else roll.sampler_logp[:, :half])
+    graphed, captures = trainer.update.graphed, trainer.update.graphed.captures
     out = {"completion_tokens": half}
     for name in ("padded_replay", "eager"):
-        trainer.graphed = graphed if name == "padded_replay" else None
+        trainer.update.graphed = graphed if name == "padded_replay" else None
         times = []
         for _ in range(repeats):
             bc.sync()
@@ -201,7 +224,7 @@ def padded_timing(trainer, roll, adv, repeats: int) -> dict:
             bc.sync()
             times.append(time.perf_counter() - t0)
         out[name] = {"s_median": statistics.median(times), "s_all": times}
-    trainer.graphed = graphed
+    trainer.update.graphed = graphed
     out["new_captures"] = graphed.captures - captures  # 0: the shorter batches replayed the existing graph
     return out
 
@@ -209,7 +232,7 @@ def padded_timing(trainer, roll, adv, repeats: int) -> dict:
 def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
     overrides = VARIANTS[name]
     trainer, ids, mask, log = gt.build_ours(a, shape, model_dir, texts, examples, work / name, **overrides)
-    print(f"== {name}: update log-probs with {trainer.logprobs.__name__}", flush=True)
+    print(f"== {name}: update log-probs with {trainer.update.logprobs.__name__}", flush=True)
     roll, adv = capture_update_inputs(trainer, ids, mask, examples, a.warmup)
     bc.reset_peak()
     times = []
@@ -219,7 +242,7 @@ def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
         trainer._update(roll, adv)
         bc.sync()
         times.append(time.perf_counter() - t0)
-    out = {"logprobs": trainer.logprobs.__name__, "update_s_median": statistics.median(times), "update_s_all": times,
+    out = {"logprobs": trainer.update.logprobs.__name__, "update_s_median": statistics.median(times), "update_s_all": times,
            "peak_mem_gib": bc.peak_gib(), "peak_reserved_gib": bc.peak_reserved_gib(),
            "parts": timed_parts(trainer, roll, adv)}
     if torch.cuda.is_available():
@@ -227,12 +250,12 @@ def run_variant(a, shape, model_dir, texts, examples, work, name: str) -> dict:
     if name.startswith("dense"):
         out["check"] = dense_check(trainer, roll)
         out["ref_graph"] = ref_graph_check(trainer, roll)
-        if trainer.graphed is not None:
+        if trainer.update.graphed is not None:
             out["update_graph"] = update_graph_check(trainer, roll, adv)
             out["padded"] = padded_timing(trainer, roll, adv, a.repeats)
-    if hasattr(trainer.logprobs, "blocks"):
+    if hasattr(trainer.update.logprobs, "blocks"):
         shared = getattr(trainer.sampler, "weights", None)
-        out["dense_extra_gib"] = bc.dense_extra_bytes(trainer.logprobs.blocks, trainer.policy, shared) / 2**30
+        out["dense_extra_gib"] = bc.dense_extra_bytes(trainer.update.logprobs.blocks, trainer.policy, shared) / 2**30
     print(f"   update {out['update_s_median']:.3f} s, parts {out['parts']}, kernels "
           f"{out.get('kernel_ms', 0):.1f} ms in {out.get('kernels', 0)}, peak {out['peak_mem_gib']}, "
           f"check {out.get('check')}, reference graph {out.get('ref_graph')}, update graph {out.get('update_graph')}, "
@@ -256,6 +279,7 @@ def main(argv=None) -> dict:
     p.add_argument("--model_dir", default=None)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--machine", default=None)
+    p.set_defaults(num_iterations=1, steps_per_generation=1)  # build_ours reads them (grpo_throughput has the flags)
     a = p.parse_args(argv)
     alloc_conf = prefer_expandable_segments()  # as the trainer's launcher does, before CUDA's first allocation
     a.steps = 0  # build_ours sizes max_steps from warmup + steps

@@ -60,7 +60,9 @@ def test_dense_logprobs_and_gradients_match_the_module_path(kind):
     assert len(got) == 2 * 4 * 2  # A and B of q/k/v/o in 2 layers: every LoRA parameter gets its gradient
     for a, b in zip(got, want, strict=True):
         assert a.abs().max() > 0
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        # float32 sums in another order (one matmul over dense weights against the modules' own): an element
+        # near zero may differ by rounding of the tensor's scale, so the absolute tolerance follows that scale.
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
     with torch.no_grad(), policy.disable_adapter():  # the reference policy: the adapters are skipped
         ref = dense(policy, ids, attn, 5, 0.7)
         torch.testing.assert_close(ref[keep], completion_logprobs(policy, ids, attn, 5, 0.7)[keep], rtol=1e-5,

@@ -44,6 +44,19 @@ def test_the_verdict_reports_accuracy_collapse_signals_and_the_up_rate_bounds(lc
     assert two["grpo_steps"] == 100  # stage II's steps are counted on from stage I's last
 
 
+def test_the_verdict_reports_training_seconds_to_the_target_and_the_sampler_gap(lc):
+    points = [{"step": 0, "val/accuracy": 0.5}, {"step": 4, "val/accuracy": 0.95}, {"step": 8, "val/accuracy": 1.0}]
+    steps = [{"step": i, "step_s": 0.5 * i, "sampler/logp_gap": 0.01 * i, "sampler/logp_gap_max": 0.1 * i}
+             for i in range(1, 9)]
+    v = lc.verdict({"train": _stage(points, steps)})
+    assert v["train_seconds_at_target"] == pytest.approx(0.5 * (1 + 2 + 3 + 4))  # steps 1..4, validation excluded
+    assert v["train_seconds"] == pytest.approx(0.5 * 36)
+    assert v["sampler_logp_gap"] == {"mean": pytest.approx(0.045), "max": pytest.approx(0.8), "steps": 8}
+    assert "5.0 s of training to reach it" in v["text"] and "max 0.800" in v["text"]
+    never = lc.verdict({"train": _stage(points[:1], steps)})
+    assert never["train_seconds_at_target"] is None and "gap" in never["text"]
+
+
 def test_runs_the_pipeline_reads_back_and_writes_json_and_png(lc, tiny_model_dir, tmp_path):
     import yaml
 

@@ -254,7 +254,7 @@ def test_the_graphed_update_takes_the_same_steps_as_the_eager_one(tiny_model_dir
         policy, tok = load_policy(cfg, torch.device("cpu"))
         trainer = GRPOTrainer(cfg, policy, tok, [make_example()], [], sampler=sampler_for(policy, tok),
                               reward_fn=lambda t, e: _toy_breakdown(float(len(t) % 5), t))
-        assert (trainer.graphed is not None) == graphs
+        assert (trainer.update.graphed is not None) == graphs
         ids, mask = encode_prompts(tok, ["Predict the stock", "Hello there, tell me"], torch.device("cpu"))
         steps = []
         for step in range(3):
@@ -262,7 +262,7 @@ def test_the_graphed_update_takes_the_same_steps_as_the_eager_one(tiny_model_dir
             res = trainer.step(ids, mask, [make_example()] * 2)
             steps.append((res.loss, res.stats))
         if graphs:
-            assert trainer.graphed.captures == 1 and trainer.graphed.replays == 2
+            assert trainer.update.graphed.captures == 1 and trainer.update.graphed.replays == 2
         return steps, {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" in n}
 
     rec = _Recorder(None)  # completions to replay in both runs, so sampling draws nothing from the generator
@@ -277,7 +277,7 @@ def test_the_graphed_update_takes_the_same_steps_as_the_eager_one(tiny_model_dir
 
 
 def test_kl_bias_correction_reaches_the_trainers_loss(tiny_model_dir, tmp_path, make_example):
-    """``--kl_bias_correction`` switches the loss the update runs (eager and graphed alike: ``trainer.loss``)
+    """``--kl_bias_correction`` switches the loss the update runs (eager and graphed alike: ``trainer.update.loss``)
     to k3 times the ratio: the same value at mu = 1, the reverse KL's score-function gradient."""
     grads = {}
     for on in (False, True):
@@ -286,7 +286,7 @@ def test_kl_bias_correction_reaches_the_trainers_loss(tiny_model_dir, tmp_path, 
         trainer = GRPOTrainer(cfg, policy, tok, [make_example()], [])
         logp = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
         ref = torch.tensor([[-1.5, -1.0, -0.5]])
-        loss, _ = trainer.loss(logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 3))
+        loss, _ = trainer.update.loss(logp, logp.detach(), ref, torch.zeros(1), torch.ones(1, 3))
         (g,) = torch.autograd.grad(loss, logp)
         grads[on] = (float(loss), g)
     assert abs(grads[True][0] - grads[False][0]) < 1e-6  # ratio == 1 in value
@@ -314,7 +314,7 @@ def test_fast_path_matches_the_reference_path_after_three_steps(tiny_model_dir, 
         sampler = sampler_for(policy, tok)
         trainer = GRPOTrainer(cfg, policy, tok, [make_example()], [], sampler=sampler,
                               reward_fn=lambda t, e: _toy_breakdown(float(len(t) % 5), t))
-        assert trainer.logprobs.__name__ == ("dense_shared_prefix_logprobs" if fast else "completion_logprobs")
+        assert trainer.update.logprobs.__name__ == ("dense_shared_prefix_logprobs" if fast else "completion_logprobs")
         ids, mask = encode_prompts(tok, ["Predict the stock", "Hello there, tell me"], torch.device("cpu"))
         steps = []
         for step in range(3):

@@ -1,30 +1,25 @@
 """The GRPO training loop for Stage I and Stage II (``stonk train``).
 
-One optimizer step, as in DeepSeekMath's GRPO (arXiv 2402.03300) with one
-optimisation epoch per batch (μ = 1):
+One rollout, as in DeepSeekMath's GRPO (arXiv 2402.03300); by default one optimizer step per rollout
+(mu = 1, ``num_iterations = steps_per_generation = 1``):
 
-1. take ``batch_size`` prompts (natural market mix for Stage II, balanced for Stage I);
-2. sample ``num_generations`` = G completions for each, all B×G in one batched call;
-3. score every completion with the five-part reward (:func:`stonklib.rewards.score`);
-4. normalise rewards within each group of G (:func:`stonklib.grpo.loss.group_advantages`);
-5. compute the policy's log-probs (with grad) and the reference's (the same model
-   with the LoRA adapter disabled, no copy); with μ = 1 the "old" log-probs equal the
-   current ones detached, so the ratio is 1 in value but carries the gradient. For
-   Llama/Qwen2 models each group's prompt goes through the network once
-   (:func:`stonklib.update.prefix.shared_prefix_logprobs`, ``shared_prefix_logprobs``), by
-   default over dense base weights with the LoRA applied unmerged
-   (:class:`stonklib.update.dense.DenseLogprobs`, ``dense_update``; its LoRA matmuls in the
-   weights' dtype, ``lora_matmul_dtype``); other architectures use
-   the full forward (:func:`stonklib.update.head.completion_logprobs`);
-6. :func:`stonklib.grpo.loss.grpo_loss` (clipped surrogate + β·k3 KL), backward with
-   gradient accumulation, clip the norm, AdamW, LR schedule. On one CUDA device with one
-   micro-batch, steps 5-6 up to the backward pass replay a CUDA graph, captured for the longest
-   batch seen and replayed for shorter ones padded up to it
-   (:class:`stonklib.update.graphs.GraphedUpdate`).
+1. take ``batch_size x steps_per_generation`` prompts (natural market mix for Stage II, balanced for Stage I);
+2. sample ``num_generations`` = G completions for each, all in one batched call; the sampler also
+   returns the log-prob of each token it drew (the sampler/trainer gap, ``tis_cap``);
+3. score every completion with the five-part reward (:func:`stonklib.rewards.score`), plus DAPO's
+   overlong penalty when ``overlong_buffer`` is set (:mod:`stonklib.grpo.lengths`);
+4. normalise rewards within each group of G (:func:`stonklib.grpo.loss.group_advantages`; the std of
+   the group, of the whole batch, or none);
+5. with more than one optimizer step per rollout (or ``tis_cap``), compute pi_old once, dropout off;
+6. make ``num_iterations x steps_per_generation`` optimizer steps on it, each on ``batch_size`` of its
+   groups: reference and policy log-probs, :func:`stonklib.grpo.loss.grpo_loss` and its backward
+   (:class:`stonklib.grpo.policy_update.PolicyUpdate`, from a CUDA graph where one applies), clip the
+   norm, AdamW, LR schedule. At mu = 1 the "old" log-probs are the current ones detached, so the ratio
+   is 1 in value but carries the gradient.
 
-Non-finite losses or gradients skip the update and are counted. Every step's
-completions go to the JSONL, flushed; checkpoints are atomic; ``--resume``
-continues at the same step, data position and RNG state.
+Non-finite losses or gradients skip the update and are counted. Every step writes its metrics row; a
+rollout's completions go to the JSONL once, flushed; checkpoints are atomic and fall on rollout
+boundaries; ``--resume`` continues at the same step, data position and RNG state.
 
 Under ``accelerate launch``/``torchrun`` (N ranks) each rank takes a disjoint slice of
 ``batch_size`` prompts from each step's global batch of ``batch_size × N`` and samples its G
@@ -37,13 +32,11 @@ global batch (data position is counted in global-batch steps), not the same N.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,17 +58,15 @@ from stonklib.grpo.checkpoint import (
 from stonklib.grpo.collapse import CollapseMonitor, step_counts, step_signals
 from stonklib.grpo.dynamic import RESAMPLE_SALT, Groups, refill
 from stonklib.grpo.lengths import CLIPPED_WARNING, length_stats, overlong_penalty, truncated
-from stonklib.grpo.loss import batch_reward_std, group_advantages, grpo_loss
+from stonklib.grpo.loss import batch_reward_std, group_advantages
 from stonklib.grpo.market import MarketStats
+from stonklib.grpo.policy_update import PolicyUpdate
 from stonklib.grpo.runlog import RunLog
 from stonklib.grpo.schedule import batch_indices, guarded_step, make_scheduler, steps_per_epoch
 from stonklib.grpo.validation import answer_counts, answer_stats, greedy_answers
-from stonklib.models import adapters_off
 from stonklib.prompts import fit_prompt
 from stonklib.rewards import score
 from stonklib.sampling.rollout import HFSampler, Rollout, encode_prompts, eos_ids, rollout
-from stonklib.update.graphs import GraphedUpdate
-from stonklib.update.pick import pick_logprobs
 
 
 @dataclass
@@ -100,17 +91,6 @@ class StepResult:
     truncated: list[bool] = field(default_factory=list)  # hit max_new_tokens before EOS
 
 
-class _PolicyLogprobs(torch.nn.Module):
-    """Wraps the policy so DDP sees a forward call: returns completion log-probs."""
-
-    def __init__(self, policy, fn: Callable[..., torch.Tensor]):
-        super().__init__()
-        self.policy, self.fn = policy, fn
-
-    def forward(self, input_ids, attention_mask, n_completion: int, temperature: float):
-        return self.fn(self.policy, input_ids, attention_mask, n_completion, temperature)
-
-
 class GRPOTrainer:
     def __init__(self, cfg: cfglib.TrainConfig, policy, tokenizer, train: list[Example], val: list[Example],
                  dist: D.Dist | None = None, runlog: RunLog | None = None, sampler=None, reward_fn=None):
@@ -126,28 +106,7 @@ class GRPOTrainer:
         self.total_steps = cfg.max_steps or rollouts * self.per_rollout
         self.scheduler = make_scheduler(cfg, self.optimizer, self.total_steps)
         self.sampler = sampler or HFSampler(policy, tokenizer)
-        self.logprobs = pick_logprobs(policy, shared_prefix=cfg.shared_prefix_logprobs, dense=cfg.dense_update,
-                                      sampler_weights=getattr(self.sampler, "weights", None),
-                                      lora_matmul_dtype=cfg.lora_matmul_dtype,
-                                      kernels=cfglib.kernels_arg(cfg), ref_graphs=cfg.update_graphs)
-        self.forward = _PolicyLogprobs(policy, self.logprobs)
-        self.loss = partial(grpo_loss, beta=cfg.kl_coef, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                            loss_type=cfg.loss_type, max_completion_length=cfg.max_new_tokens,
-                            kl_bias_correction=cfg.kl_bias_correction, entropy_coef=cfg.entropy_coef,
-                            importance_sampling_level=cfg.importance_sampling_level, tis_cap=cfg.tis_cap,
-                            stats_as_tensors=True)
-        self.graphed = None  # the update's passes and backward from CUDA graphs, where they apply
-        if GraphedUpdate.usable(self.logprobs, self.device, micro_batches=cfg.grad_accum_steps, distributed=dist.enabled,
-                                graphs=cfg.update_graphs):
-            self.graphed = GraphedUpdate(self.logprobs, self.params)
-            self._graph_loss = self._graph_losses()
-        if dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # Every LoRA weight is used in every forward (no find_unused_parameters), which also
-            # makes non-reentrant gradient checkpointing safe. The only buffers (rotary tables)
-            # are constant, so they are not re-broadcast at every forward.
-            self.forward = torch.nn.parallel.DistributedDataParallel(self.forward, device_ids=ids,
-                                                                     broadcast_buffers=False)
+        self.update = PolicyUpdate(cfg, policy, self.params, dist, sampler_weights=getattr(self.sampler, "weights", None))
         self.reward_fn = reward_fn or self._five_part_reward
         self.market = MarketStats()
         self.collapse = CollapseMonitor()
@@ -226,7 +185,7 @@ class GRPOTrainer:
         old_logp = None
         if self.per_rollout > 1 or cfg.tis_cap is not None:
             t0 = time.perf_counter()
-            old_logp = self._old_logprobs(roll)
+            old_logp = self.update.old_logprobs(roll)
             t["old_logprobs_s"] = time.perf_counter() - t0
 
         predictions = [s.prediction.direction for s in scored]
@@ -267,22 +226,6 @@ class GRPOTrainer:
                                              (r * r).sum()]), self.dist)
         return batch_reward_std(*sums.tolist())
 
-    @torch.no_grad()
-    def _old_logprobs(self, roll: Rollout) -> torch.Tensor:
-        """pi_old: the policy's log-probs of the rollout's tokens before its first update, LoRA dropout off,
-        in micro-batches of whole groups (the update's)."""
-        cfg = self.cfg
-        rows = cfg.batch_size * cfg.num_generations // cfg.grad_accum_steps
-        C = roll.completion_ids.shape[1]
-        ids, attn = roll.input_ids, roll.attention_mask
-        self.policy.eval()
-        try:
-            parts = [self.logprobs(self.policy, ids[i:i + rows], attn[i:i + rows], C, cfg.temperature)
-                     for i in range(0, ids.shape[0], rows)]
-        finally:
-            self.policy.train()
-        return torch.cat(parts).float()
-
     def _sample(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, examples: list[Example]) -> Groups:
         """G completions for each prompt, in one batched call, scored."""
         cfg, G = self.cfg, self.cfg.num_generations
@@ -304,17 +247,17 @@ class GRPOTrainer:
         return score(completion, example, self.cfg.reward_weights, multi_horizon=self.cfg.multi_horizon,
                      class_freq=class_freq)
 
-    def _update(self, roll: Rollout, advantages: torch.Tensor, loss_mask: torch.Tensor,
+    def _update(self, roll: Rollout, advantages: torch.Tensor, loss_mask: torch.Tensor | None = None,
                 old_logp: torch.Tensor | None = None) -> tuple[float, dict[str, float], bool]:
-        """Reference and policy log-probs, loss, backward (from a CUDA graph where one applies), clip, AdamW.
+        """Reference and policy log-probs, loss, backward (:class:`PolicyUpdate`), clip, AdamW.
 
         ``old_logp`` None: on-policy (mu = 1), the policy's own detached log-probs. ``loss_mask`` is the
-        completion mask, less the truncated completions under ``mask_truncated_completions``.
+        completion mask (the default), less the truncated completions under ``mask_truncated_completions``.
         """
         cfg = self.cfg
         self.policy.train()
-        passes = self._graphed_passes(roll, advantages, loss_mask, old_logp) if self.graphed else None
-        loss, stats = passes or self._eager_passes(roll, advantages, loss_mask, old_logp)
+        loss_mask = roll.completion_mask if loss_mask is None else loss_mask
+        loss, stats = self.update.passes(roll, advantages, loss_mask, old_logp)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)  # of the all-reduced grads
         # One device sync for loss, stats and grad norm, after backward: a sync between forward and
         # backward would stop the host queueing the backward while the GPU still runs the forward.
@@ -328,69 +271,13 @@ class GRPOTrainer:
         self.skipped_updates += skipped
         return total_loss, stats, skipped
 
-    def _graphed_passes(self, roll: Rollout, advantages: torch.Tensor, loss_mask: torch.Tensor,
-                        old_logp: torch.Tensor | None):
-        """(loss, stats) from a replay of the update's CUDA graph, or None when this batch runs eagerly.
-
-        One micro-batch on one process (:meth:`GraphedUpdate.usable`); the graph's loss counts its own
-        mask for DAPO, the same number as the eager path's token count, without its host sync. The old
-        and the sampler's log-probs, where given, are static inputs like the mask.
-        """
-        extras = (advantages, loss_mask.float(), *(t for t in (old_logp, roll.sampler_logp) if t is not None))
-        loss_fn = self._graph_loss[(old_logp is not None, roll.sampler_logp is not None)]
-        return self.graphed(self.policy, roll.input_ids, roll.attention_mask, roll.completion_ids.shape[1],
-                            self.cfg.temperature, extras, loss_fn, with_ref=self.cfg.kl_coef > 0)
-
-    def _graph_losses(self) -> dict[tuple[bool, bool], Callable]:
-        """The graph's loss functions, keyed by (old log-probs given, sampler log-probs given); one object each,
-        so a graph captured for one is replayed for it."""
-        def make(has_old: bool, has_sampler: bool):
-            def loss_fn(logp, ref, adv, cmask, *rest):
-                old = rest[0] if has_old else logp.detach()
-                return self.loss(logp, old, ref, adv, cmask, sampler_logp=rest[-1] if has_sampler else None)
-            return loss_fn
-        return {(a, b): make(a, b) for a in (False, True) for b in (False, True)}
-
-    def _eager_passes(self, roll: Rollout, advantages: torch.Tensor, loss_mask: torch.Tensor,
-                      old_logp: torch.Tensor | None):
-        """(loss, stats) of the eager passes, backward run, over ``grad_accum_steps`` micro-batches of whole groups."""
-        cfg, n_mb = self.cfg, self.cfg.grad_accum_steps
-        rows = roll.completion_ids.shape[0] // n_mb  # whole groups per micro-batch (config guarantees it)
-        C = roll.completion_ids.shape[1]
-        input_ids, attention_mask = roll.input_ids, roll.attention_mask  # concatenated once, sliced per micro-batch
-        # DAPO normalises by the tokens of the whole step (all micro-batches, all ranks); DDP then
-        # averages the ranks' gradients, hence the factor world.
-        num_items = None
-        if cfg.loss_type == "dapo":
-            tokens = D.all_reduce_sum(loss_mask.sum().double().cpu(), self.dist)
-            num_items = float(tokens) / (n_mb * self.dist.world)
-        total_loss, stats_acc = 0.0, {}
-        for m in range(n_mb):
-            sl = slice(m * rows, (m + 1) * rows)
-            ids, attn, cmask = input_ids[sl], attention_mask[sl], loss_mask[sl]
-            ref_logp = None
-            if cfg.kl_coef > 0:
-                with torch.no_grad(), adapters_off(self.policy):
-                    ref_logp = self.logprobs(self.policy, ids, attn, C, cfg.temperature)
-            sync = m == n_mb - 1 or not self.dist.enabled
-            with self.forward.no_sync() if not sync else contextlib.nullcontext():
-                logp = self.forward(ids, attn, C, cfg.temperature)
-                old = logp.detach() if old_logp is None else old_logp[sl]
-                sampler_logp = None if roll.sampler_logp is None else roll.sampler_logp[sl]
-                loss, stats = self.loss(logp, old, ref_logp, advantages[sl], cmask.float(), num_items=num_items,
-                                        sampler_logp=sampler_logp)
-                (loss / n_mb).backward()
-            total_loss = total_loss + loss.detach().float() / n_mb
-            for k, v in stats.items():
-                stats_acc[k] = stats_acc.get(k, 0.0) + v / n_mb
-        return total_loss, stats_acc
-
     # ------------------------------------------------------------------ loop
     def train(self, progress: bool = True) -> dict[str, Any]:
         cfg = self.cfg
         if cfg.resume:
             self._resume()
-        self.log.info("sampling with %s; update log-probs with %s", type(self.sampler).__name__, self.logprobs.__name__)
+        self.log.info("sampling with %s; update log-probs with %s", type(self.sampler).__name__,
+                      self.update.logprobs.__name__)
         if cfg.eval_at_start and self.step_num == 0:
             self._evaluate_and_keep_best()
         bar = tqdm(total=self.total_steps, initial=self.step_num, desc=f"GRPO stage {cfg.stage}",
