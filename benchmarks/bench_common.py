@@ -35,8 +35,9 @@ class Shape:
     prompts: int  # B
     generations: int  # G
     prompt_tokens: int | None  # exact synthetic prompt length; None: the project's rendered prompts
-    completion_tokens: int  # C, forced
+    completion_tokens: int  # C: forced, or at most (forced=False)
     model: str  # "qwen2.5-1.5b-random" or "smollm2"
+    forced: bool = True  # completions forced to C tokens; False: they end at their EOS (natural lengths)
 
 
 SHAPES = {
@@ -46,7 +47,10 @@ SHAPES = {
     "seed_full": Shape(4, 4, 1024, 400, "qwen2.5-1.5b-random"),
     "large_full": Shape(8, 8, 1024, 400, "qwen2.5-1.5b-random"),
     "cpu": Shape(2, 4, None, 64, "smollm2"),
-    "tiny": Shape(2, 2, 32, 8, "qwen-tiny-random"),  # a smoke test of this script, not a benchmark
+    # the embedded SmolLM2 with its real weights, the project's rendered prompts, completions ending at their EOS
+    "real": Shape(4, 4, None, 400, "smollm2", forced=False),
+    "tiny": Shape(2, 2, 32, 8, "qwen-tiny-random"),  # smoke tests of this script, not benchmarks
+    "tiny_real": Shape(2, 2, 32, 8, "qwen-tiny-random", forced=False),
 }
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 BETA, TEMPERATURE, TOP_P, LR = 0.05, 0.7, 0.9, 5e-6
@@ -280,15 +284,17 @@ class FullLength:
     """A sampler that never stops early: EOS is forbidden until ``max_new_tokens`` (``min_new_tokens``).
 
     The throughput shapes force full-length completions so both systems decode the same number of
-    tokens; TRL gets the same through ``generation_kwargs={"min_new_tokens": C}``. Everything else
-    (``refresh``, ``weights``, ...) is the wrapped sampler's.
+    tokens; TRL gets the same through ``generation_kwargs={"min_new_tokens": C}``. ``force=False`` (the
+    natural-length shapes) passes every call through unchanged. Everything else (``refresh``,
+    ``weights``, ...) is the wrapped sampler's.
     """
 
-    def __init__(self, sampler):
-        self.inner = sampler
+    def __init__(self, sampler, force: bool = True):
+        self.inner, self.force = sampler, force
 
     def sample(self, prompt_ids, prompt_mask, *, max_new_tokens: int, **kw):
-        kw["min_new_tokens"] = max_new_tokens
+        if self.force:
+            kw["min_new_tokens"] = max_new_tokens
         return self.inner.sample(prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, **kw)
 
     def __getattr__(self, name):

@@ -7,6 +7,8 @@ Run (from the repository root)::
     python benchmarks/grpo_throughput.py --shape seed_full         # GPU: 4 x 4, 1024 + 400 (the shipped configs)
     python benchmarks/grpo_throughput.py --shape large_full        # GPU: 8 x 8, 1024 + 400
     python benchmarks/grpo_throughput.py --shape cpu               # CPU: SmolLM2-135M, 2 prompts x 4, 64 tokens
+    python benchmarks/grpo_throughput.py --shape real              # GPU: SmolLM2-135M real weights, 4 x 4, up to 400
+                                                                   # tokens ending at their EOS
     python benchmarks/grpo_throughput.py --shape seed --systems ours --steps 3 --no-quantize
 
 What is compared, and how:
@@ -22,7 +24,10 @@ What is compared, and how:
   optimizer steps per second reported for each (whole rollouts timed); the five-part project reward for
   both (TRL through :func:`stonklib.rewards.trl_reward_funcs`); gradient checkpointing for both.
 - Completions are forced to full length (ours: the sampler wrapped in ``bench_common.FullLength``; TRL:
-  ``generation_kwargs={"min_new_tokens": C}``) and this is asserted for both systems at every step.
+  ``generation_kwargs={"min_new_tokens": C}``) and this is asserted for both systems at every step,
+  except for ``real`` (and its smoke test ``tiny_real``): there both systems sample real, variable-length
+  completions that end at their EOS, and tokens per second count the tokens actually generated (ours:
+  the completion masks; TRL: its logged mean length times the completions), at mu = 1 only.
 - "ours" is :meth:`stonklib.grpo.trainer.GRPOTrainer.step` as ``stonk train`` builds it (sampler from
   ``stonklib.grpo.launch.make_sampler``): sampling, decoding, scoring, group advantages, reference and policy
   log-probs, loss, backward, clip, AdamW, LR schedule and the sampler's refresh. Nothing is
@@ -163,7 +168,7 @@ def build_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: lis
         sampler = HFSampler(policy, tok)
     else:
         sampler = make_sampler(cfg, policy, tok)
-    sampler = FullLength(sampler)
+    sampler = FullLength(sampler, force=shape.forced)
     log = RunLog(work / "ours", cfg.stage, tensorboard=False)
     trainer = GRPOTrainer(cfg, policy, tok, examples, [], runlog=log, sampler=sampler)
     ids, mask = encode_prompts(tok, texts, device)
@@ -181,25 +186,30 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     sampler, device = trainer.sampler, trainer.device
     B, G, C = shape.prompts, shape.generations, shape.completion_tokens
 
-    times, cpu_times, parts, gcs = [], [], [], []
+    times, cpu_times, parts, gcs, generated = [], [], [], [], []
     reset_peak()
     with GCClock() as gc_clock:
         for i in range(a.warmup + a.steps):
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
             gc_clock.take()
-            res = trainer.step(ids, mask, examples)  # one rollout: num_iterations x steps_per_generation steps
+            steps = list(trainer.rollout_steps(ids, mask, examples))  # one rollout: NI x SPG optimizer steps
+            res = steps[-1]
+            generated.append(sum(int(r.rollout.completion_mask.sum()) for r in steps if r.iteration == 0))
             sync()
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)
             gcs.append(gc_clock.take())
             parts.append(res.timings)
-            _assert_full(res.rollout.completion_ids, res.rollout.completion_mask, B * G, C, "ours")
+            if shape.forced:
+                _assert_full(res.rollout.completion_ids, res.rollout.completion_mask, B * G, C, "ours")
             print(f"  ours step {i}: {times[-1]:.3f} s {res.timings} gc={gcs[-1][0]:.3f} s ({gcs[-1][1]} full) "
                   f"loss={res.loss:.4f}", flush=True)
     peak = peak_gib()
     per_rollout = a.num_iterations * a.steps_per_generation
     out = summarise(times, a.warmup, B * G * C * a.steps_per_generation, peak, cpu_times)  # per rollout
+    if not shape.forced:  # natural lengths: the tokens each rollout really generated
+        natural_tokens(out, generated, times, a.warmup)
     out["optimizer_steps_per_s"] = per_rollout * len(times[a.warmup:]) / sum(times[a.warmup:])
     out["rollout_s_all"] = times
     out["peak_reserved_gib"] = peak_reserved_gib()
@@ -222,6 +232,13 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     del trainer, sampler
     free_memory()
     return out
+
+
+def natural_tokens(out: dict, generated: list[float], times: list[float], warmup: int) -> None:
+    """Tokens per second over the timed steps from the tokens actually generated (completions ending at EOS)."""
+    out["tokens_generated_all"] = generated
+    out["tokens_generated"] = sum(generated[warmup:]) / len(generated[warmup:])
+    out["completion_tokens_per_s"] = sum(generated[warmup:]) / sum(times[warmup:])
 
 
 def _assert_full(c_ids: torch.Tensor, c_mask: torch.Tensor, n: int, C: int, who: str) -> None:
@@ -316,7 +333,8 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
 
     args = GRPOConfig(
         output_dir=str(work / "trl"), per_device_train_batch_size=B * G, num_generations=G,
-        max_completion_length=C, generation_kwargs={"min_new_tokens": C}, temperature=TEMPERATURE, top_p=TOP_P,
+        max_completion_length=C, generation_kwargs={"min_new_tokens": C} if shape.forced else {},
+        temperature=TEMPERATURE, top_p=TOP_P,
         top_k=0, beta=BETA, num_iterations=a.num_iterations, steps_per_generation=a.steps_per_generation,
         loss_type="grpo", scale_rewards="group", learning_rate=LR,
         max_steps=n_steps, bf16=cuda, use_cpu=not cuda, gradient_checkpointing=True,
@@ -333,8 +351,12 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
         trainer.train()
     peak = peak_gib()
     min_len, mean_len = timer.min_len, timer.mean_len
-    assert len(min_len) == n_steps and all(v == C for v in min_len), f"trl: completion min lengths {min_len}, expected {C}"
+    assert len(min_len) == n_steps, f"trl: {len(min_len)} steps logged, expected {n_steps}"
+    if shape.forced:
+        assert all(v == C for v in min_len), f"trl: completion min lengths {min_len}, expected {C}"
     out = summarise(timer.times, a.warmup * per_rollout, B * G * C, peak, timer.cpu_times)
+    if not shape.forced:  # every step generates at mu = 1 (checked in main): its mean length times its completions
+        natural_tokens(out, [m * B * G for m in mean_len], timer.times, a.warmup)
     timed = timer.times[a.warmup * per_rollout:]  # whole cycles: generation steps and the steps that reuse them
     out["optimizer_steps_per_s"] = len(timed) / sum(timed)
     if per_rollout > 1:  # the median step may reuse a rollout: count each completion once, over whole cycles
@@ -383,8 +405,11 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     alloc_conf = prefer_expandable_segments()  # as the trainer's launcher does, before CUDA's first allocation
     shape = SHAPES[a.shape]
+    if not shape.forced and a.num_iterations * a.steps_per_generation > 1:
+        raise SystemExit(f"--shape {a.shape}: natural-length shapes are measured at num_iterations = "
+                         "steps_per_generation = 1 (each step's generated tokens are counted from its own sampling).")
     if a.quantize is None:
-        a.quantize = a.shape in ("seed", "large")
+        a.quantize = a.shape in ("seed", "large", "seed_full", "large_full", "real")
     if a.device == "auto":
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     print("config:", json.dumps(vars(a)), "shape:", shape, flush=True)
