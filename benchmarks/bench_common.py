@@ -336,6 +336,21 @@ class SamplerClock:
             self.sampler.__dict__.pop(name, None)
 
 
+def _projection_tensors(layers) -> list:
+    """The weights and biases of each layer's q|k|v, o, gate|up and down (DecoderWeights' or DenseBlocks' layers)."""
+    return [t for lw in layers for f in (lw.qkv, lw.o, lw.gate_up, lw.down) for t in (f.weight, f.bias) if t is not None]
+
+
+def _unique_bytes(tensors, seen: set) -> int:
+    """Bytes of the tensors whose storage is not in ``seen`` yet, each storage once (``seen`` grows)."""
+    total = 0
+    for t in tensors:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
 def dense_extra_bytes(blocks, model, shared=None) -> int:
     """Bytes of dense base weights a :class:`~stonklib.update.dense.DenseBlocks` added of its own.
 
@@ -346,16 +361,8 @@ def dense_extra_bytes(blocks, model, shared=None) -> int:
 
     seen = {t.data_ptr() for t in causal_lm(model).parameters()}
     if shared is not None:
-        seen |= {t.data_ptr() for lw in shared.layers for f in (lw.qkv, lw.o, lw.gate_up, lw.down)
-                 for t in (f.weight, f.bias) if t is not None}
-    total = 0
-    for lp in blocks.layers:
-        for proj in (lp.qkv, lp.o, lp.gate_up, lp.down):
-            for t in (proj.weight, proj.bias):
-                if t is not None and t.data_ptr() not in seen:
-                    seen.add(t.data_ptr())
-                    total += t.numel() * t.element_size()
-    return total
+        seen |= {t.data_ptr() for t in _projection_tensors(shared.layers)}
+    return _unique_bytes(_projection_tensors(blocks.layers), seen)
 
 
 # ---------------------------------------------------------------------- the decode's roofline
@@ -369,16 +376,8 @@ def decode_bytes(weights, spec, rows: int, prompt_tokens: int, new_tokens: int) 
     are ``rows x hidden`` and counted too. What a kernel reads beyond that (padding, a static cache read
     past the live positions) is the kernel's cost, not the floor's.
     """
-    seen, weight_bytes = set(), 0
-    tensors = [weights.lm_head, weights.norm]
-    for lw in weights.layers:
-        tensors += [lw.ln_attn, lw.ln_mlp]
-        for f in (lw.qkv, lw.o, lw.gate_up, lw.down):
-            tensors += [f.weight] + ([f.bias] if f.bias is not None else [])
-    for t in tensors:
-        if t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            weight_bytes += t.numel() * t.element_size()
+    norms = [t for lw in weights.layers for t in (lw.ln_attn, lw.ln_mlp)]
+    weight_bytes = _unique_bytes([weights.lm_head, weights.norm, *norms, *_projection_tensors(weights.layers)], set())
     elem = weights.lm_head.element_size()
     mean_context = prompt_tokens + new_tokens / 2
     kv = 2 * spec.n_layers * rows * spec.n_kv_heads * spec.head_dim * mean_context * elem
