@@ -110,7 +110,8 @@ from stonklib.environment import prefer_expandable_segments  # noqa: E402
 
 #: The TrainConfig switches that decide which fast path ours runs (recorded with every result).
 FAST_PATH_FIELDS = ("fast_sampler", "shared_prefix_logprobs", "dense_update", "lora_matmul_dtype", "triton_kernels",
-                    "decode_mlp_kernel", "compile_decoder", "decode_graphs", "update_graphs")
+                    "decode_mlp_kernel", "decode_projection_kernels", "compile_decoder", "decode_graphs", "update_graphs",
+                    "gradient_checkpointing")
 
 
 def parse_set(items: list[str]) -> dict:
@@ -148,8 +149,8 @@ def build_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: lis
                       max_prompt_tokens=shape.prompt_tokens or 1024,
                       max_steps=(a.warmup + a.steps + 1) * a.num_iterations * a.steps_per_generation,
                       num_iterations=a.num_iterations, steps_per_generation=a.steps_per_generation,
-                      gradient_checkpointing=True, tensorboard=False, seed=a.seed, shared_prefix_logprobs=shared_prefix,
-                      **cfg_overrides)
+                      tensorboard=False, seed=a.seed, shared_prefix_logprobs=shared_prefix,
+                      **{"gradient_checkpointing": True, **cfg_overrides})
     torch.manual_seed(a.seed)
     device_map = {"": device.index or 0} if device.type == "cuda" else None
     if (model_dir / WORDLEVEL).is_dir():  # load_policy, with the synthetic model's tokenizer
@@ -217,6 +218,11 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     out["gc_s_all"], out["gc_full_all"] = [g[0] for g in gcs], [g[1] for g in gcs]
     out["sampler"] = type(sampler.inner).__name__
     out["fast_path"] = {k: getattr(trainer.cfg, k) for k in FAST_PATH_FIELDS}
+    import stonklib.kernels as kernels
+
+    out["fast_path"]["kernel_configs"] = {"attention": list(kernels.ATTENTION_CONFIG),
+                                          "fused_combine": kernels.attention.FUSED_COMBINE,
+                                          "matmuls": {k: list(v) for k, v in kernels.MLP_CONFIG.items()}}
     out["logprobs"] = trainer.update.logprobs.__name__
     out["trainer_timings"] = parts
     out["profile"] = profile_ours_step(trainer, ids, mask, examples)
@@ -288,6 +294,8 @@ def run_trl(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[E
 
     from stonklib.rewards import trl_reward_funcs
 
+    if a.trl_warmup is not None:  # TRL's own untimed steps (it captures no graphs: one is enough)
+        a = argparse.Namespace(**{**vars(a), "warmup": a.trl_warmup})
     cuda = torch.cuda.is_available() and a.device != "cpu"
     B, G, C = shape.prompts, shape.generations, shape.completion_tokens
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -383,6 +391,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2,
                    help="Untimed rollouts first: the decode graphs are captured in the first, the update's graph at the second "
                         "batch of a shape (with 1, the first timed rollout of mu = 1 includes that capture).")
+    p.add_argument("--trl_warmup", type=int, default=None,
+                   help="Untimed steps for TRL (default: --warmup). TRL captures no graphs, so 1 is enough; "
+                        "ours needs 2 for its update graph.")
     p.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=None,
                    help="NF4 base weights (default: on for the GPU shapes, off for cpu).")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -428,7 +439,7 @@ def main(argv=None) -> dict:
         n_prompt = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
         result = {"machine": a.machine or machine_name(), "shape": a.shape, "shape_spec": vars(shape),
                   "num_iterations": a.num_iterations, "steps_per_generation": a.steps_per_generation,
-                  "prompt_tokens": n_prompt, "quantize": a.quantize, "steps": a.steps, "warmup": a.warmup,
+                  "prompt_tokens": n_prompt, "quantize": a.quantize, "steps": a.steps, "warmup": a.warmup, "trl_warmup": a.trl_warmup,
                   "device": torch.cuda.get_device_name(0) if a.device == "cuda" else platform.processor() or "cpu",
                   "cpu_threads": torch.get_num_threads(), "versions": versions(),
                   "cuda_alloc_conf": alloc_conf, "date": time.strftime("%Y-%m-%d"), "overrides": parse_set(a.set),

@@ -66,7 +66,8 @@ VARIANTS = {"modules": {"dense_update": False},
             "dense": {"dense_update": True},
             "dense_nographs": {"dense_update": True, "update_graphs": False},
             "dense_fp32_lora": {"dense_update": True, "lora_matmul_dtype": "adapter"},
-            "dense_tis": {"dense_update": True, "tis_cap": 2.0}}
+            "dense_tis": {"dense_update": True, "tis_cap": 2.0},
+            "dense_no_ckpt": {"dense_update": True, "gradient_checkpointing": False}}
 
 
 def capture_update_inputs(trainer, ids, mask, examples, warmup: int):

@@ -120,6 +120,7 @@ class RunConfig:
     fast_sampler: bool = option(True, "Sample with stonklib.sampling.fast.FastSampler (bf16 + CUDA graphs on GPU, float32 eager on CPU); architectures it does not implement fall back to HF generate.")
     triton_kernels: str = option("auto", "The Triton kernels (the decode step's attention, MLP and top-p draw; the update's RMSNorm, SwiGLU, RoPE, log-prob head and seeded LoRA dropout): auto (on CUDA with Triton installed), off (their plain-torch twins: the same model and sampling distribution, slower) or on (wherever Triton runs, CPU included under TRITON_INTERPRET=1: slow, for tests).")
     decode_mlp_kernel: bool = option(True, "With triton_kernels: the decode step's MLP as a Triton kernel too. Its split-K sums use atomics, so GPU sampling is not bit-reproducible run to run; off keeps cuBLAS for the MLP.")
+    decode_projection_kernels: bool = option(False, "With triton_kernels and decode_mlp_kernel: the decode step's q|k|v and o projections as Triton kernels too, with both RMSNorms and the residual adds folded in (no separate norm, add or copy kernels).")
     compile_decoder: bool = option(True, "On CUDA, torch.compile each decode layer's elementwise work (compiled once per run).")
     decode_graphs: bool = option(True, "On CUDA, replay the sampler's decode step from a CUDA graph (one launch per token step).")
     # --- data
