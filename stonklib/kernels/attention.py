@@ -119,7 +119,7 @@ if triton is not None:
 ATTENTION_CONFIG = (64, 32, 4)
 #: Merge the chunks' softmax states in the split kernel's last program (one kernel a layer) rather than
 #: in a second kernel; ``benchmarks/decode_kernels.py`` times both.
-FUSED_COMBINE = True
+FUSED_COMBINE = False
 
 _counts: dict[torch.device, Tensor] = {}
 
