@@ -187,20 +187,22 @@ def mlp_case(iters: int, sweep: bool) -> dict:
     res["cublas_down_us"] = time_call(lambda: x.clone().addmm_(act, w_d.t()), iters)
     res["weight_mb"] = {"gate_up": w_gu.numel() * 2 / 1e6, "down": w_d.numel() * 2 / 1e6}
     if sweep:
-        for name, grid in (
-            ("gate_up", itertools.product((32, 64, 128), (64, 128, 256), (1,), (4, 8), (3, 4))),
-            ("down", itertools.product((16, 32, 64), (128, 256), (1, 2, 4, 8), (4,), (3, 4))),
-        ):
-            rows = []
-            for c in grid:
-                run = functools.partial(mlp.gate_up, h, c) if name == "gate_up" else functools.partial(mlp.down, act, x, c)
-                try:
-                    rows.append({"us": time_call(run, max(30, iters // 4)), "config": list(c)})
-                except Exception as e:  # out of shared memory/registers for this tile: skip it
-                    print(f"  {name} {c}: {type(e).__name__}", flush=True)
-            rows.sort(key=lambda r: r["us"])
-            res[f"{name}_sweep"] = rows
+        res["gate_up_sweep"] = sweep_tiles("gate_up", itertools.product((32, 64, 128), (64, 128, 256), (1,), (4, 8), (3, 4)),
+                                           lambda c: functools.partial(mlp.gate_up, h, c), iters)
+        res["down_sweep"] = sweep_tiles("down", itertools.product((16, 32, 64), (128, 256), (1, 2, 4, 8), (4,), (3, 4)),
+                                        lambda c: functools.partial(mlp.down, act, x, c), iters)
     return res
+
+
+def sweep_tiles(name: str, grid, make_run, iters: int) -> list[dict]:
+    """µs per call of ``make_run(config)`` for every config of ``grid``, fastest first (tiles that do not fit are skipped)."""
+    rows = []
+    for c in grid:
+        try:
+            rows.append({"us": time_call(make_run(c), max(30, iters // 4)), "config": list(c)})
+        except Exception as e:  # out of shared memory/registers for this tile: skip it
+            print(f"  {name} {c}: {type(e).__name__}", flush=True)
+    return sorted(rows, key=lambda r: r["us"])
 
 
 def proj_case(iters: int, sweep: bool) -> dict:
@@ -233,17 +235,10 @@ def proj_case(iters: int, sweep: bool) -> dict:
     res["torch_o_us"] = time_call(lambda: x.clone().addmm_(a, w_o.t()), iters)
     res["weight_mb"] = {"qkv": w_qkv.numel() * 2 / 1e6, "o": w_o.numel() * 2 / 1e6}
     if sweep:
-        for name, grid in (("qkv", itertools.product((16, 32), (64, 128, 256), (1,), (4, 8), (3, 4))),
-                           ("o", itertools.product((16, 32), (128, 256), (1, 2, 4), (4,), (3, 4)))):
-            rows = []
-            for c in grid:
-                run = functools.partial(sk.qkv, x, c) if name == "qkv" else functools.partial(sk.o, a, x, c)
-                try:
-                    rows.append({"us": time_call(run, max(30, iters // 4)), "config": list(c)})
-                except Exception as e:  # out of shared memory/registers for this tile: skip it
-                    print(f"  {name} {c}: {type(e).__name__}", flush=True)
-            rows.sort(key=lambda r: r["us"])
-            res[f"{name}_sweep"] = rows
+        res["qkv_sweep"] = sweep_tiles("qkv", itertools.product((16, 32), (64, 128, 256), (1,), (4, 8), (3, 4)),
+                                       lambda c: functools.partial(sk.qkv, x, c), iters)
+        res["o_sweep"] = sweep_tiles("o", itertools.product((16, 32), (128, 256), (1, 2, 4), (4,), (3, 4)),
+                                     lambda c: functools.partial(sk.o, a, x, c), iters)
     return res
 
 
