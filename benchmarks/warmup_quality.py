@@ -78,6 +78,7 @@ def main(argv=None) -> dict:
     p.add_argument("--config", default=str(ROOT / "configs" / "warmup_cpu.yaml"))
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--machine", default=None, help="Name in the file name (default: from the device).")
+    p.add_argument("--name", default="", help="A tag after 'warmup' in the file name (e.g. batch-seed42).")
     add_config_flags(p, cfglib.WarmupConfig)
     args = p.parse_args(argv)
     cfg = config_from_args(cfglib.WarmupConfig, args)
@@ -100,7 +101,7 @@ def main(argv=None) -> dict:
               "command": "python benchmarks/warmup_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     result["loss"] = [r["loss"] for r in read_jsonl(Path(cfg.output_dir) / "train_metrics.jsonl") if "loss" in r]
     result["sampled"] = sampled_answers(cfg, summary["final"])
-    write_result(args.results, result_name(result["machine"], "warmup"), result)
+    write_result(args.results, result_name(result["machine"], "warmup", args.name), result)
     print(json.dumps({k: result[k] for k in ("validation", "met", "sampled", "wall_s_training_steps", "wall_s_invocation")},
                      indent=2))
     return result

@@ -9,6 +9,7 @@ resumes it and compares with an uninterrupted run, line for line.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -92,6 +94,74 @@ def test_every_justification_value_is_one_the_prompts_show():
     assert set(shown_values(example())) == set(JUSTIFICATION_VALUES)
 
 
+# ----------------------------------------------------------------------------- the day-1 balance
+@pytest.mark.parametrize("up, down, mean_grad", [
+    # (log p(up), log p(down)) per example -> d loss / d log-odds of each example (its weight 1)
+    ([-0.1, -3.0], [-3.0, -0.1], 0.0),  # why: leans that cancel are left alone, however strong each is
+    ([-0.2, -0.3], [-2.0, -2.5], 2.0),  # why: a shared lean up is pulled back by the batch's mean log-odds
+    ([-2.0], [-0.2], -1.8),  # why: one example: its own lean is the batch's
+])
+def test_the_batch_balance_pulls_only_the_batch_mean_lean(up, down, mean_grad):
+    import torch
+
+    from stonklib.warmup.trainer import batch_balance_loss
+
+    u = torch.tensor(up, requires_grad=True)
+    d = torch.tensor(down, requires_grad=True)
+    # the gradient on an example's log-odds: with u = a + o/2 and d = a - o/2, it is (du - dd) / 2
+    batch_balance_loss(u, d, weight=1.0).backward()
+    either = -torch.sigmoid(torch.tensor(up) - torch.tensor(down))  # -(p_up share), from -log(p_up + p_down)
+    got = (u.grad - d.grad) / 2 - (either + 0.5)  # the centring's part, without the 'answer one of the two' part
+    assert torch.allclose(got, torch.full_like(got, mean_grad), atol=1e-5)
+
+
+@pytest.mark.parametrize("odds, spread, apart", [
+    ([0.1, -0.1], 1.0, True),  # why: narrower than asked: each lean grows, in its own direction
+    ([2.0, -2.0], 1.0, False),  # why: wider than asked: pulled in
+    ([0.3, -0.3], 0.0, None),  # why: no spread term: only the centring (zero here) acts
+])
+def test_the_spread_term_widens_the_leans_each_in_its_own_direction(odds, spread, apart):
+    import torch
+
+    from stonklib.warmup.trainer import batch_balance_loss
+
+    def grad(spread):
+        o = torch.tensor(odds, requires_grad=True)
+        batch_balance_loss(o / 2, -o / 2, weight=1.0, spread=spread).backward()  # mean 0: no centring pull
+        return o.grad
+
+    g = grad(spread) - grad(0.0)  # the spread term's own gradient
+    if apart is None:
+        assert torch.allclose(g, torch.zeros_like(g))
+    else:
+        outward = -g * torch.sign(torch.tensor(odds))  # > 0: a descent step moves that lean outward
+        assert bool((outward > 0).all()) is apart and bool((outward < 0).all()) is (not apart)
+
+
+def test_the_two_words_probability_is_pushed_to_one():
+    import torch
+
+    from stonklib.warmup.trainer import batch_balance_loss
+
+    u = torch.tensor([-3.0, -2.0], requires_grad=True)  # both words unlikely: mass elsewhere
+    d = torch.tensor([-3.0, -2.0], requires_grad=True)
+    batch_balance_loss(u, d, weight=2.0).backward()
+    assert (u.grad < 0).all() and (d.grad < 0).all()  # descent raises both
+    assert torch.allclose(u.grad, d.grad)  # and neither more: no lean is taught
+
+
+def test_day_one_log_probs_read_the_faces_rows():
+    import torch
+
+    from stonklib.warmup.trainer import day1_log_probs
+
+    logp = torch.tensor([[-1.0, -0.5, -2.0], [-1.0, -0.7, -2.0], [-0.3, -0.1, -0.2], [-0.3, -0.9, -0.4]])
+    word = torch.tensor([[0.0, 1.0, 0.0]] * 4)
+    up, down = day1_log_probs(logp, word, examples=2)
+    assert up.tolist() == pytest.approx([-0.5, -0.1]) and down.tolist() == pytest.approx([-0.7, -0.9])
+    assert day1_log_probs(logp, word, examples=4) is None  # one target each (momentum, label): no faces
+
+
 # ----------------------------------------------------------------------------- config
 @pytest.mark.parametrize("kw, message", [
     (dict(direction_source="abc"), "direction_source='abc'"),  # why: a typo must not train on labels or nothing
@@ -102,6 +172,7 @@ def test_every_justification_value_is_one_the_prompts_show():
     (dict(justification="{close"), "not a valid template"),
     (dict(model="models/does-not-exist"), "stonk model fetch"),
     (dict(batch_size=4, grad_accum_steps=3), "grad_accum_steps"),
+    (dict(coin_balance="median"), "coin_balance='median'"),  # why: a typo must not fall back to another loss
 ])
 def test_a_bad_warmup_config_names_the_field(kw, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -155,6 +226,25 @@ def test_the_warmup_lowers_the_target_loss_and_writes_a_complete_run(tiny_model_
     assert f"warm-up targets: {summary['train_pairs']} examples, {summary['train_targets']} targets" in log and "config" in log
     assert json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())["step"] == 12
     assert summary["final"] == str(out / "final")
+
+
+@pytest.mark.parametrize("balance", ["prompt", "batch"])
+def test_each_coin_balance_trains_and_logs_the_day_one_lean(tiny_model_dir, small_data, tmp_path, balance):
+    from stonklib.warmup import run_warmup
+    from stonklib.warmup.trainer import WarmupTrainer
+
+    out = tmp_path / balance
+    cfg = _cfg(tiny_model_dir, small_data, out, max_steps=3, save_steps=3, eval_steps=3, eval_at_start=False,
+               coin_balance=balance)
+    run_warmup(cfg, progress=False)
+    rows = [r for r in read_jsonl(out / "train_metrics.jsonl") if "loss" in r]
+    assert len(rows) == 3
+    for r in rows:
+        assert math.isfinite(r["loss"]) and math.isfinite(r["direction/log_odds_mean"]) and r["direction/log_odds_std"] >= 0
+    # the balance term replaces the day-1 word's likelihood only with the coin's faces
+    on = lambda **kw: WarmupTrainer.batch_balance.fget(SimpleNamespace(cfg=WarmupConfig(**kw)))  # noqa: E731
+    assert on(coin_balance=balance) is (balance == "batch")
+    assert on(direction_source="momentum", coin_balance="batch") is False
 
 
 def test_resume_without_a_checkpoint_starts_with_empty_logs(tiny_model_dir, small_data, tmp_path):

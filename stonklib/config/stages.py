@@ -31,6 +31,8 @@ BEST_METRICS = ("val/mcc", "val/balanced_accuracy", "val/accuracy", "val/reward"
 KERNEL_SWITCH = {"auto": None, "on": True, "off": False}
 #: Where a warm-up target's direction comes from (``docs/warmup.md``): ``coin`` is the method, the rest ablations.
 DIRECTION_SOURCES = ("coin", "momentum", "label")
+#: How the coin's day-1 direction is trained: each prompt's odds to even, or only the batch's mean (docs/warmup.md).
+COIN_BALANCES = ("prompt", "batch")
 #: Values a warm-up justification may cite, as ``{name}`` placeholders: each is shown in every prompt.
 JUSTIFICATION_VALUES = ("date", "close", "previous_close", "day_change_pct", "return_1d", "return_5d", "return_10d",
                         "volatility_10d", "volume_ratio", "volume", "previous_date")
@@ -191,6 +193,8 @@ class WarmupConfig(RunConfig):
     justification: str = option(DEFAULT_JUSTIFICATION, "The target's justification line, with {placeholders} for values the prompt shows (" + ", ".join(JUSTIFICATION_VALUES) + f"); it must cite at least {MIN_CITED_VALUES} distinct values, so the data_utilization reward pays in full.")
     magnitude_decimals: int = option(2, "Decimals of each target's predicted move (the 10-day volatility the prompt shows): 2 copies it as printed, which the warm-up learns; 1 rounds it (the first measured setting).")
     direction_weight: float = option(50.0, "Loss weight of each target's day-1 direction word against 1 for every other token: with the coin's two faces, it is what pulls every prompt's day-1 odds to even within a short warm-up (docs/warmup.md).")
+    coin_balance: str = option("prompt", "With the coin, how day 1's direction word is trained: prompt (each prompt's up and down faces weigh half each, pulling every prompt's odds to even) or batch (the word must be up or down, and only the batch's mean up-vs-down log-odds is pulled to zero, so each prompt keeps its own lean and greedy answers split both ways).")
+    coin_spread: float = option(0.0, "With coin_balance batch: the width (standard deviation, nats) the batch's day-1 up-vs-down log-odds are pushed to, in whichever direction each prompt already leans (label-free); 0 leaves each prompt's lean as it comes.")
     max_train_samples: int = option(2000, "Use at most this many training examples (their targets are built by code).")
     epochs: int = option(1, "Passes over the sampled training examples.")
     max_new_tokens: int = option(128, "Longest completion when the validation answers are generated.")
@@ -206,6 +210,9 @@ class WarmupConfig(RunConfig):
         check_justification(self.justification)
         require(self.magnitude_decimals in (1, 2), f"magnitude_decimals={self.magnitude_decimals}: use 1 or 2.")
         require(self.direction_weight > 0, f"direction_weight={self.direction_weight}: must be > 0 (1: no extra weight).")
+        require(self.coin_balance in COIN_BALANCES,
+                f"coin_balance={self.coin_balance!r}: use one of {', '.join(COIN_BALANCES)}.")
+        require(self.coin_spread >= 0, f"coin_spread={self.coin_spread}: must be >= 0 (0: no spread term).")
         check_model_ref("model", self.model)
 
 

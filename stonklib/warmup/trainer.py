@@ -5,7 +5,14 @@ for the default coin, one face each); the chat-rendered prompts left-padded as t
 them, each target (plus the tokenizer's EOS, so the model learns to stop) right-padded after them. The
 loss is the negative log-likelihood of the target tokens only (the prompt never enters it), summed
 with the day-1 direction word weighing ``direction_weight`` and every other token 1, over the number of
-target tokens (so the extra weight adds to the direction word's gradient without shrinking the rest). It is computed by the
+target tokens (so the extra weight adds to the direction word's gradient without shrinking the rest).
+With the coin and ``coin_balance: batch`` the direction word is not trained by its likelihood: its term
+is, per example, ``-log(p(up) + p(down))`` (answer one of the two words) plus ``½·ō²``, where ``ō`` is the
+batch's mean of ``log p(up) - log p(down)`` (the two faces' rows give both at the same position), both
+weighed ``direction_weight``. That pulls the batch's mean lean to zero and leaves each prompt its own,
+so greedy answers split both ways instead of following one shared leftover offset. Every step logs
+that mean and the spread of the log-odds (``direction/log_odds_mean``, ``direction/log_odds_std``) in
+either mode. The loss is computed by the
 GRPO update's own passes (:func:`stonklib.update.pick.pick_logprobs`: each prompt once for its targets,
 the chunked LM head, no ``[B, T, vocab]`` tensor); AdamW on the LoRA weights with the run's LR schedule
 and gradient clipping. Before the first step (``eval_at_start``),
@@ -55,6 +62,40 @@ from stonklib.warmup.targets import Target
 EVAL_BATCH = 16
 
 
+def day1_log_probs(logp: torch.Tensor, word: torch.Tensor, examples: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per example, ``log p(up)`` and ``log p(down)`` of the day-1 word, read from its two coin-face rows (up,
+    then down: :func:`stonklib.warmup.targets.targets_for`); None unless the rows are such pairs.
+
+    ``logp`` is ``[2·examples, C]`` (each target token's log-prob), ``word`` marks the day-1 word's tokens;
+    a word of several tokens gets their sum.
+    """
+    if logp.shape[0] != 2 * examples:
+        return None
+    w = (logp * word).sum(1)
+    return w[0::2], w[1::2]
+
+
+def batch_balance_loss(up: torch.Tensor, down: torch.Tensor, weight: float, spread: float = 0.0) -> torch.Tensor:
+    """``coin_balance: batch``'s day-1 term, summed over the examples, times ``weight``: for each example
+    ``-log(p(up) + p(down))`` (answer one of the two words), plus ``½·ō²`` each, ``ō`` the batch's mean
+    ``log p(up) - log p(down)``; with ``spread`` > 0 also ``½·(σ - spread)²`` each, ``σ`` the batch's standard
+    deviation of those log-odds.
+
+    The centring's gradient on one example's log-odds is the batch mean ``ō``, whatever that example's own
+    lean: the shared offset goes, each prompt's difference from the others stays. The spread term pushes
+    those differences apart (or together) until they are ``spread`` nats wide, in whichever direction each
+    prompt already leans: it asks for answers that differ from prompt to prompt, never for any particular
+    prompt's direction, so it stays label-free. (The faces' loss, ``prompt``, pulls every prompt's odds to
+    even instead, so only a shared leftover offset decides its greedy answers.)
+    """
+    odds = up - down
+    loss = -torch.logaddexp(up, down).sum() + 0.5 * len(up) * odds.mean() ** 2
+    if spread > 0 and len(up) > 1:
+        sigma = (odds.var(unbiased=False) + 1e-6).sqrt()
+        loss = loss + 0.5 * len(up) * (sigma - spread) ** 2
+    return weight * loss
+
+
 class WarmupTrainer:
     """Supervised fine-tuning of ``policy``'s LoRA on (example, target) pairs; see the module docstring."""
 
@@ -83,8 +124,9 @@ class WarmupTrainer:
         return encode_prompts(self.tok, texts, self.device)
 
     def tensors(self, pairs: list[tuple[Example, list[Target]]]) -> tuple[torch.Tensor, ...]:
-        """``input_ids``, ``attention_mask`` (prompt + target), the target tokens' mask, their loss weights and the
-        weights' normaliser (the same without the direction word's extra weight), each ``[N, C]``.
+        """``input_ids``, ``attention_mask`` (prompt + target), the target tokens' mask, their loss weights, the
+        weights' normaliser (the same without the direction word's extra weight) and the day-1 direction
+        word's tokens (1.0 there), each ``[N, C]``.
 
         One row per target, a prompt's targets in consecutive rows (so the shared-prefix pass runs it once).
         """
@@ -97,6 +139,8 @@ class WarmupTrainer:
         c_mask = torch.zeros((len(targets), C), dtype=torch.long)
         weight = torch.zeros((len(targets), C), dtype=torch.float32)
         norm = torch.zeros((len(targets), C), dtype=torch.float32)
+        word = torch.zeros((len(targets), C), dtype=torch.float32)
+        by_batch = self.batch_balance
         for i, (ids, offsets, t) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], targets, strict=True)):
             n = len(ids) + 1  # the target and EOS
             c_ids[i, :n] = torch.tensor([*ids, self.eos])
@@ -106,9 +150,16 @@ class WarmupTrainer:
             lo, hi = t.direction_span
             for j, (a, b) in enumerate(offsets):
                 if a < hi and b > lo:  # the token(s) of the day-1 direction word
-                    weight[i, j] = t.weight * self.cfg.direction_weight
+                    weight[i, j] = 0.0 if by_batch else t.weight * self.cfg.direction_weight
+                    word[i, j] = 1.0
         c_ids, c_mask = c_ids.to(self.device), c_mask.to(self.device)
-        return torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_mask, weight.to(self.device), norm.to(self.device)
+        return (torch.cat([p_ids, c_ids], 1), torch.cat([p_mask, c_mask], 1), c_mask, weight.to(self.device),
+                norm.to(self.device), word.to(self.device))
+
+    @property
+    def batch_balance(self) -> bool:
+        """Whether day 1's word is trained by :meth:`direction_term` (the coin, ``coin_balance: batch``)."""
+        return self.cfg.direction_source == "coin" and self.cfg.coin_balance == "batch"
 
     def batch(self, step: int) -> list[tuple[Example, list[Target]]]:
         return [self.pairs[i] for i in batch_indices(len(self.pairs), step, self.cfg.batch_size, self.cfg.seed)]
@@ -121,16 +172,27 @@ class WarmupTrainer:
         per_mb = len(pairs) // n_mb  # whole examples (with all their targets) per micro-batch
         batches = [self.tensors(pairs[m * per_mb:(m + 1) * per_mb]) for m in range(n_mb)]
         denominator = sum(float(b[4].sum()) for b in batches)  # target tokens, each example's once
-        total, tokens = 0.0, 0.0
-        for ids, attn, cmask, weight, _ in batches:  # one normaliser for the whole step, whatever the split
+        total, tokens, odds = 0.0, 0.0, []
+        for m, (ids, attn, cmask, weight, _, word) in enumerate(batches):  # one normaliser for the whole step
             logp = self.logprobs(self.policy, ids, attn, cmask.shape[1])
-            loss = -(logp * weight).sum() / denominator
+            loss = -(logp * weight).sum()
+            faces = day1_log_probs(logp, word, len(pairs[m * per_mb:(m + 1) * per_mb]))
+            if faces is not None:
+                odds.append((faces[0] - faces[1]).detach())
+                if self.batch_balance:
+                    loss = loss + batch_balance_loss(*faces, cfg.direction_weight, cfg.coin_spread)
+            loss = loss / denominator
             loss.backward()
             total += float(loss.detach())
             tokens += float(cmask.sum())
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm))
         self.skipped_updates += guarded_step(self.optimizer, self.scheduler, total, grad_norm)
-        return {"loss": total, "grad_norm": grad_norm, "target_tokens": tokens, "skipped_updates": self.skipped_updates}
+        stats = {"loss": total, "grad_norm": grad_norm, "target_tokens": tokens, "skipped_updates": self.skipped_updates}
+        if odds:
+            o = torch.cat(odds).float()
+            stats |= {"direction/log_odds_mean": float(o.mean()),
+                      "direction/log_odds_std": float(o.std()) if len(o) > 1 else 0.0}
+        return stats
 
     # ------------------------------------------------------------------ loop
     def train(self, progress: bool = True) -> dict[str, Any]:
