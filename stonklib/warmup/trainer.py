@@ -9,7 +9,8 @@ target tokens (so the extra weight adds to the direction word's gradient without
 With the coin and ``coin_balance: batch`` the direction word is not trained by its likelihood: its term
 is, per example, ``-log(p(up) + p(down))`` (answer one of the two words) plus ``½·ō²``, where ``ō`` is the
 batch's mean of ``log p(up) - log p(down)`` (the two faces' rows give both at the same position), both
-weighed ``direction_weight``. That pulls the batch's mean lean to zero and leaves each prompt its own,
+weighed ``direction_weight`` (with ``coin_spread``, also a term that widens those log-odds to that many nats:
+:func:`batch_balance_loss`). That pulls the batch's mean lean to zero and leaves each prompt its own,
 so greedy answers split both ways instead of following one shared leftover offset. Every step logs
 that mean and the spread of the log-odds (``direction/log_odds_mean``, ``direction/log_odds_std``) in
 either mode. The loss is computed by the
@@ -158,7 +159,7 @@ class WarmupTrainer:
 
     @property
     def batch_balance(self) -> bool:
-        """Whether day 1's word is trained by :meth:`direction_term` (the coin, ``coin_balance: batch``)."""
+        """Whether day 1's word is trained by :func:`batch_balance_loss` (the coin, ``coin_balance: batch``)."""
         return self.cfg.direction_source == "coin" and self.cfg.coin_balance == "batch"
 
     def batch(self, step: int) -> list[tuple[Example, list[Target]]]:
@@ -173,10 +174,10 @@ class WarmupTrainer:
         batches = [self.tensors(pairs[m * per_mb:(m + 1) * per_mb]) for m in range(n_mb)]
         denominator = sum(float(b[4].sum()) for b in batches)  # target tokens, each example's once
         total, tokens, odds = 0.0, 0.0, []
-        for m, (ids, attn, cmask, weight, _, word) in enumerate(batches):  # one normaliser for the whole step
+        for ids, attn, cmask, weight, _, word in batches:  # one normaliser for the whole step, whatever the split
             logp = self.logprobs(self.policy, ids, attn, cmask.shape[1])
             loss = -(logp * weight).sum()
-            faces = day1_log_probs(logp, word, len(pairs[m * per_mb:(m + 1) * per_mb]))
+            faces = day1_log_probs(logp, word, per_mb)
             if faces is not None:
                 odds.append((faces[0] - faces[1]).detach())
                 if self.batch_balance:
