@@ -92,3 +92,56 @@ def test_shipped_configs_are_valid():
         train = data.get("train", data)
         names = {f.name for f in dataclasses.fields(C.TrainConfig)}
         assert set(train) <= names, f"{name}: unknown keys {set(train) - names}"
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_a_base_file_lies_under_its_variant_one_key_at_a_time(tmp_path):
+    _write(tmp_path, "base.yaml", "stage1:\n  lr: 1.0e-4\n  kl_coef: 0.1\n  reward_weights: {direction: 1.0, format: 1.0}\n"
+                                  "eval:\n  limit: 2000\n")
+    variant = _write(tmp_path, "v/variant.yaml", "base: ../base.yaml\nstage1:\n  kl_coef: 0.5\n"
+                                                 "  reward_weights: {direction: 2.0}\nstage2:\n  lr: 5.0e-5\n")
+    assert C.load_yaml(variant) == {
+        "stage1": {"lr": 1e-4, "kl_coef": 0.5, "reward_weights": {"direction": 2.0}},  # a value is replaced whole
+        "eval": {"limit": 2000},                                                       # a section kept as it was
+        "stage2": {"lr": 5e-5},                                                        # a section added
+    }
+    cfg = C.build(C.TrainConfig, variant, "stage1", output_dir=str(tmp_path / "r"))
+    assert (cfg.lr, cfg.kl_coef) == (1e-4, 0.5)
+
+
+def test_bases_chain(tmp_path):
+    _write(tmp_path, "a.yaml", "eval:\n  limit: 10\n  batch_size: 8\n")
+    _write(tmp_path, "b.yaml", "base: a.yaml\neval:\n  batch_size: 16\n")
+    c = _write(tmp_path, "c.yaml", "base: b.yaml\neval:\n  split: val\n")
+    assert C.load_yaml(c) == {"eval": {"limit": 10, "batch_size": 16, "split": "val"}}
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"v.yaml": "base: missing.yaml\n"}, "missing.yaml (the base: of"),
+    ({"v.yaml": "base: w.yaml\n", "w.yaml": "base: v.yaml\n"}, "include each other"),
+    ({"v.yaml": "base: v.yaml\n"}, "include each other"),
+    ({"v.yaml": "base: [a.yaml]\n"}, "base: must be the path of another config file"),
+])
+def test_a_broken_base_is_an_error_that_names_it(tmp_path, files, message):
+    for name, text in files.items():
+        _write(tmp_path, name, text)
+    with pytest.raises(C.ConfigError, match=message.replace("(", r"\(")):
+        C.load_yaml(tmp_path / "v.yaml")
+
+
+def test_the_momentum_chain_is_the_small_chain_with_its_own_warmup():
+    """configs/learning_real_momentum.yaml changes the warm-up and the folders of learning_real_small.yaml, nothing else."""
+    small = C.load_yaml(ROOT / "configs" / "learning_real_small.yaml")
+    momentum = C.load_yaml(ROOT / "configs" / "learning_real_momentum.yaml")
+    for section in ("stage1", "stage2"):
+        assert {**momentum[section], "output_dir": None} == {**small[section], "output_dir": None}
+    assert {**momentum["eval"], "out": None} == {**small["eval"], "out": None}
+    warmup = C.build(C.WarmupConfig, ROOT / "configs" / "learning_real_momentum.yaml", "warmup")
+    assert (warmup.direction_source, warmup.max_steps, warmup.magnitude_decimals) == ("momentum", 30, 2)
+    assert warmup.justification == C.WarmupConfig.__dataclass_fields__["justification"].default

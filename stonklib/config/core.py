@@ -174,17 +174,43 @@ def base_type(tp: Any) -> Any:
     return origin or tp
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+#: The top-level key by which a config file names the file it extends (:func:`load_yaml`).
+BASE_KEY = "base"
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a mapping, with its ``base:`` file (if any) merged underneath.
+
+    ``base: learning_real_small.yaml`` (a path relative to the including file) lets a variant state only
+    what it changes: the variant's sections are laid over the base's one key at a time, so
+    ``warmup: {direction_source: momentum}`` keeps every other warm-up key of the base. A value is
+    replaced whole (``reward_weights`` included), never merged deeper. Bases may chain; a cycle is an error.
+    """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist.")
+        where = f" (the base: of {_seen[-1]})" if _seen else ""
+        raise ConfigError(f"config file {p}{where} does not exist.")
+    if p.resolve() in _seen:
+        chain = " -> ".join(str(s) for s in (*_seen, p.resolve()))
+        raise ConfigError(f"{p}: base: files include each other ({chain}); remove one of the base: keys.")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({e}).") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of field: value at the top level.")
-    return data
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{p}: base: must be the path of another config file, relative to {p.parent}; got {base!r}.")
+    merged = load_yaml(p.parent / base, (*_seen, p.resolve()))
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def build(cls: type, yaml_path: str | Path | None = None, section: str | None = None, **overrides: Any):

@@ -188,6 +188,34 @@ def prune_checkpoints(output_dir: str | Path, keep: int | None) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def save_and_prune(folder: Path, *, log, output_dir: str | Path, keep: int | None, **parts: Any) -> None:
+    """:func:`save_checkpoint` (``parts``: model, tokenizer, optimizer, scheduler, state), logged; a
+    ``checkpoint-N`` folder then prunes the older ones to ``keep`` (``best/`` and ``final/`` never count)."""
+    save_checkpoint(folder, **parts)
+    log.info("saved %s", folder)
+    if folder.name.startswith("checkpoint-"):
+        prune_checkpoints(output_dir, keep)
+
+
+def resume_point(output_dir: str | Path, log) -> Path | None:
+    """The checkpoint ``--resume`` continues from; ``None`` after emptying the run's logs when there is none
+    (the run then starts afresh, and no line is written twice)."""
+    ckpt = latest_checkpoint(output_dir, log)
+    if ckpt is None:
+        log.truncate({})
+        log.info("resume: no complete checkpoint in %s, starting fresh", output_dir)
+    return ckpt
+
+
+def restore(ckpt: Path, *, model, optimizer, scheduler, log) -> dict[str, Any]:
+    """Load a checkpoint's adapter, optimizer, scheduler and RNG state and cut the run's logs back to the
+    step it was taken at; returns its trainer_state.json for the loop's own counters."""
+    load_adapter_weights(model, ckpt)
+    state = load_training_state(ckpt, optimizer, scheduler)
+    log.truncate(state["log_offsets"])
+    return state
+
+
 def check_global_batch(state: dict[str, Any], cfg: TrainConfig, d: Dist, ckpt: Path) -> None:
     """Resume only with the checkpoint's prompts per step (``batch_size × world``), whatever N is.
 

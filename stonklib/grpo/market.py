@@ -150,6 +150,15 @@ class MarketStats:
             return MarketStats(**self.counts())
         return NotImplemented
 
+    def summed_over_ranks(self, d) -> MarketStats:
+        """These counts summed with every other rank's (``d``: :class:`stonklib.grpo.distributed.Dist`;
+        each rank saw only its own completions); themselves when not distributed."""
+        if not d.enabled:
+            return self
+        from stonklib.grpo.distributed import all_reduce_sum
+
+        return MarketStats.from_tensor(all_reduce_sum(self.as_tensor(), d))
+
     def as_tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
         """Counts as an int64 tensor (field order) for ``torch.distributed.all_reduce``."""
         import torch

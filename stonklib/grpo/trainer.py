@@ -36,7 +36,6 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,46 +48,23 @@ from stonklib.grpo import distributed as D
 from stonklib.grpo.checkpoint import (
     check_global_batch,
     check_rollout_shape,
-    latest_checkpoint,
-    load_adapter_weights,
-    load_training_state,
-    prune_checkpoints,
-    save_checkpoint,
+    restore,
+    resume_point,
+    save_and_prune,
 )
-from stonklib.grpo.collapse import CollapseMonitor, step_counts, step_signals
+from stonklib.grpo.collapse import CollapseMonitor, step_counts
 from stonklib.grpo.dynamic import RESAMPLE_SALT, Groups, refill
-from stonklib.grpo.lengths import CLIPPED_WARNING, length_stats, overlong_penalty, truncated
+from stonklib.grpo.lengths import CLIPPED_WARNING, overlong_penalty, truncated
 from stonklib.grpo.loss import batch_reward_std, group_advantages
 from stonklib.grpo.market import MarketStats
 from stonklib.grpo.policy_update import PolicyUpdate
 from stonklib.grpo.runlog import RunLog
 from stonklib.grpo.schedule import batch_indices, guarded_step, make_scheduler, steps_per_epoch
-from stonklib.grpo.validation import answer_counts, answer_stats, greedy_answers
+from stonklib.grpo.steplog import StepResult, completion_rows, step_scalars
+from stonklib.grpo.validation import val_scalars, validate
 from stonklib.prompts import fit_prompt
 from stonklib.rewards import score
 from stonklib.sampling.rollout import HFSampler, Rollout, encode_prompts, eos_ids, rollout
-
-
-@dataclass
-class StepResult:
-    """What one optimizer step produced (this rank's share)."""
-
-    rollout: Rollout
-    rewards: torch.Tensor  # [N] totals
-    components: dict[str, torch.Tensor]  # part -> [N]
-    advantages: torch.Tensor  # [N]
-    predictions: list[str]  # parsed day-1 direction per completion
-    examples: list[Example]  # the B prompts' examples
-    market: MarketStats  # this step's counts (this rank only)
-    loss: float
-    stats: dict[str, float]
-    skipped: bool
-    timings: dict[str, float] = field(default_factory=dict)
-    collapse: dict[str, float] = field(default_factory=dict)  # stonklib.grpo.collapse.step_counts of the first draw
-    dynamic: dict[str, float] = field(default_factory=dict)  # stonklib.grpo.dynamic.refill's counts (when on)
-    iteration: int = 0  # which pass over its rollout (num_iterations) this step is
-    lengths: list[int] = field(default_factory=list)  # completion lengths in tokens
-    truncated: list[bool] = field(default_factory=list)  # hit max_new_tokens before EOS
 
 
 class GRPOTrainer:
@@ -312,28 +288,14 @@ class GRPOTrainer:
 
     def _log_step(self, step: int, res: StepResult, seconds: float) -> dict[str, float]:
         """Aggregate over ranks, write the JSONL rows and the scalars (rank 0), and watch for collapse."""
-        keys = sorted(res.collapse)
-        n = torch.tensor([len(res.rewards), res.rollout.n_completion_tokens, *(res.collapse[k] for k in keys)],
-                         dtype=torch.float64)
-        sums = torch.stack([res.rewards.sum().double()] + [res.components[k].sum().double() for k in cfglib.REWARD_PARTS])
-        n, sums = D.all_reduce_sum(n, self.dist), D.all_reduce_sum(sums, self.dist)
-        self.market = self.market + _sync_market(res.market, self.dist)
-        scalars = {"reward/total": float(sums[0] / n[0])}
-        scalars |= {f"reward/{k}": float(sums[i + 1] / n[0]) for i, k in enumerate(cfglib.REWARD_PARTS)}
-        scalars |= step_signals(dict(zip(keys, n[2:].tolist(), strict=True)))
-        scalars |= {k: v for k, v in res.stats.items()} | {"loss": res.loss, "lr": self.scheduler.get_last_lr()[0]}
-        scalars |= {"tokens_per_s": float(n[1]) / max(seconds, 1e-9), "step_s": seconds,
-                    "epoch": self.data_step(step) / self.steps_per_epoch, "skipped_updates": self.skipped_updates,
-                    "iteration": float(res.iteration)}
-        scalars |= self._length_scalars(res)
-        if "overlong" in res.components:
-            scalars["reward/overlong"] = float(D.all_reduce_sum(res.components["overlong"].sum().double(), self.dist) / n[0])
-        scalars |= {f"dynamic/{k}": v for k, v in D.mean_over_ranks(res.dynamic, self.dist).items()}
-        scalars |= {f"market/{k}": v for k, v in self.market.to_dict().items() if isinstance(v, float)}
-        scalars |= {f"time/{k}": v for k, v in res.timings.items()}
+        self.market = self.market + res.market.summed_over_ranks(self.dist)
+        scalars = step_scalars(res, self.dist, self.market, seconds) | {
+            "lr": self.scheduler.get_last_lr()[0], "epoch": self.data_step(step) / self.steps_per_epoch,
+            "skipped_updates": self.skipped_updates}
         warning = self.collapse.update(step + 1, scalars)
         # A rollout's completions are written once, with its first pass (later passes reuse them).
-        rows = D.gather_to_main(self._completion_rows(step, res) if res.iteration == 0 else [], self.dist)
+        mine = completion_rows(res, step + 1, self.data_step(step) // self.steps_per_epoch, self.dist.rank, self.cfg.num_generations)
+        rows = D.gather_to_main(mine if res.iteration == 0 else [], self.dist)
         if self.dist.is_main:
             self.log.completions([r for rank_rows in rows for r in rank_rows])
             if step % self.cfg.logging_steps == 0:
@@ -349,25 +311,6 @@ class GRPOTrainer:
                                  "cut off: raise max_new_tokens, or set mask_truncated_completions or overlong_buffer.")
         return scalars
 
-    def _length_scalars(self, res: StepResult) -> dict[str, float]:
-        """TRL's completion-length metrics over every rank's completions of this step."""
-        parts = D.all_gather((res.lengths, res.truncated), self.dist) if self.dist.enabled else [(res.lengths, res.truncated)]
-        return length_stats([n for ln, _ in parts for n in ln], [c for _, cut in parts for c in cut])
-
-    def _completion_rows(self, step: int, res: StepResult) -> list[dict]:
-        G, rows, examples = self.cfg.num_generations, [], res.examples
-        for i, text in enumerate(res.rollout.texts):
-            ex = examples[i // G]
-            rows.append({
-                "step": step + 1, "epoch": self.data_step(step) // self.steps_per_epoch, "rank": self.dist.rank,
-                "prompt_id": f"{ex.ticker}@{ex.date}", "ticker": ex.ticker, "date": ex.date, "completion": text,
-                "predicted_direction": res.predictions[i], "actual_change_pct": ex.change_pct_1,
-                "actual_direction": ex.direction_1, "rewards": {k: float(v[i]) for k, v in res.components.items()},
-                "reward_total": float(res.rewards[i]), "advantage": float(res.advantages[i]), "loss": res.loss,
-                "skipped": res.skipped,
-            })
-        return rows
-
     # ------------------------------------------------------------------ eval / save / resume
     @torch.no_grad()
     def validation_reward(self) -> dict[str, float]:
@@ -377,15 +320,9 @@ class GRPOTrainer:
         one answer for every prompt: the market-bias failure to watch.
         """
         exs = self.val_set[: self.cfg.max_eval_samples][self.dist.rank::self.dist.world]
-        texts = greedy_answers(self.sampler, self.tok, exs, self.encode, batch=self.cfg.batch_size * self.cfg.num_generations,
-                               max_new_tokens=self.cfg.max_new_tokens)
-        counts = answer_counts(texts, exs, [self.reward_fn(t, ex) for t, ex in zip(texts, exs, strict=True)])
-        if self.dist.enabled:
-            keys = [k for k in counts if k != "market"]
-            summed = D.all_reduce_sum(torch.tensor([float(counts[k]) for k in keys], dtype=torch.float64), self.dist)
-            counts = dict(zip(keys, summed.tolist(), strict=True)) | {"market": _sync_market(counts["market"], self.dist)}
-        nan = lambda x: math.nan if x is None else x  # noqa: E731
-        return {f"val/{k}": nan(v) for k, v in answer_stats(counts).items()}
+        _, _, stats = validate(self.sampler, self.tok, exs, self.encode, self.reward_fn, dist=self.dist,
+                               batch=self.cfg.batch_size * self.cfg.num_generations, max_new_tokens=self.cfg.max_new_tokens)
+        return val_scalars(stats)
 
     def _evaluate_and_keep_best(self) -> None:
         if not self.val_set:
@@ -423,18 +360,14 @@ class GRPOTrainer:
             prints = D.check_replicas(get_peft_model_state_dict(self.policy), self.dist, f" at step {self.step_num}")
             state = {"replica_fingerprints": prints}
         if self.dist.is_main:
-            save_checkpoint(folder, model=self.policy, tokenizer=self.tok, optimizer=self.optimizer,
-                            scheduler=self.scheduler, state=self.state() | (state or {}))
-            self.log.info("saved %s", folder)
-            if folder.name.startswith("checkpoint-"):
-                prune_checkpoints(self.cfg.output_dir, self.cfg.save_total_limit)
+            save_and_prune(folder, log=self.log, output_dir=self.cfg.output_dir, keep=self.cfg.save_total_limit,
+                           model=self.policy, tokenizer=self.tok, optimizer=self.optimizer, scheduler=self.scheduler,
+                           state=self.state() | (state or {}))
         D.barrier(self.dist)
 
     def _resume(self) -> None:
-        ckpt = D.broadcast(latest_checkpoint(self.cfg.output_dir, self.log), self.dist)  # rank 0's view decides
-        if ckpt is None:  # nothing to continue: start again with empty logs, so no line is written twice
-            self.log.truncate({})
-            self.log.info("resume: no complete checkpoint in %s, starting fresh", self.cfg.output_dir)
+        ckpt = D.broadcast(resume_point(self.cfg.output_dir, self.log), self.dist)  # rank 0's view decides
+        if ckpt is None:
             return
         if not ckpt.is_dir():
             raise FileNotFoundError(f"rank {self.dist.rank} cannot see {ckpt}, the checkpoint rank 0 resumes from: "
@@ -442,8 +375,7 @@ class GRPOTrainer:
         saved = json.loads((ckpt / "trainer_state.json").read_text())
         check_global_batch(saved, self.cfg, self.dist, ckpt)
         check_rollout_shape(saved, self.cfg, ckpt)
-        load_adapter_weights(self.policy, ckpt)
-        state = load_training_state(ckpt, self.optimizer, self.scheduler)
+        state = restore(ckpt, model=self.policy, optimizer=self.optimizer, scheduler=self.scheduler, log=self.log)
         self.step_num, self.best_val = state["step"], state.get("best_val", -math.inf)
         self.best_key = tuple(state.get("best_key", (-math.inf, -math.inf)))
         if state.get("best_metric") != self.cfg.best_metric:  # another metric now picks best/: start its record afresh
@@ -451,13 +383,6 @@ class GRPOTrainer:
         self.collapse = CollapseMonitor.from_dict(state.get("collapse"))
         self.skipped_updates = state["skipped_updates"]
         self.market = MarketStats.from_dict(state["market"])
-        self.log.truncate(state["log_offsets"])
         self.sampler.refresh(self.policy)
         self.log.info("resumed from %s at step %d", ckpt, self.step_num)
 
-
-def _sync_market(market: MarketStats, d: D.Dist) -> MarketStats:
-    """One step's market counts summed over ranks (each rank only saw its own completions)."""
-    if not d.enabled:
-        return market
-    return MarketStats.from_tensor(D.all_reduce_sum(market.as_tensor(), d))

@@ -8,11 +8,13 @@ prompt: a predicted-up rate of 0 or 1, few distinct answers).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
 
 from stonklib.data.records import Example
+from stonklib.grpo import distributed as D
 from stonklib.grpo.market import MarketStats
 from stonklib.rewards import RewardBreakdown, parse_prediction
 from stonklib.sampling.rollout import rollout
@@ -57,3 +59,22 @@ def answer_stats(counts: dict) -> dict[str, float | None]:
             "data_utilization": counts["data_utilization"] / n, "parse_rate": m.parse_rate, "accuracy": m.accuracy,
             "balanced_accuracy": m.balanced_accuracy, "mcc": m.mcc, "predicted_up_rate": m.predicted_up_rate,
             "distinct_share": counts["distinct"] / n, "distinct_day1_share": counts["distinct_day1"] / n}
+
+
+def validate(sampler, tokenizer, examples: Sequence[Example], encode: Callable, score_fn: Callable, *, batch: int,
+             max_new_tokens: int, dist: D.Dist | None = None) -> tuple[list[str], list[RewardBreakdown], dict]:
+    """Greedy answers to ``examples`` (this rank's share), scored by ``score_fn(text, example)``; returns the
+    texts, their scores and :func:`answer_stats` over every rank's answers (``dist``)."""
+    texts = greedy_answers(sampler, tokenizer, examples, encode, batch=batch, max_new_tokens=max_new_tokens)
+    scores = [score_fn(t, ex) for t, ex in zip(texts, examples, strict=True)]
+    counts = answer_counts(texts, examples, scores)
+    if dist is not None and dist.enabled:
+        keys = [k for k in counts if k != "market"]
+        summed = D.all_reduce_sum(torch.tensor([float(counts[k]) for k in keys], dtype=torch.float64), dist)
+        counts = dict(zip(keys, summed.tolist(), strict=True)) | {"market": counts["market"].summed_over_ranks(dist)}
+    return texts, scores, answer_stats(counts)
+
+
+def val_scalars(stats: dict[str, float | None]) -> dict[str, float]:
+    """:func:`answer_stats` as logged: keys under ``val/``, an undefined value (no parsed answer yet) as NaN."""
+    return {f"val/{k}": math.nan if v is None else v for k, v in stats.items()}

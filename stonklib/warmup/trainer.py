@@ -32,7 +32,6 @@ the textbook one and short. It runs in one process.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -43,16 +42,10 @@ from tqdm.auto import tqdm
 from stonklib.config import kernels_arg
 from stonklib.data.records import Example
 from stonklib.grpo import distributed as D
-from stonklib.grpo.checkpoint import (
-    latest_checkpoint,
-    load_adapter_weights,
-    load_training_state,
-    prune_checkpoints,
-    save_checkpoint,
-)
+from stonklib.grpo.checkpoint import restore, resume_point, save_and_prune
 from stonklib.grpo.runlog import RunLog
 from stonklib.grpo.schedule import batch_indices, guarded_step, make_scheduler, steps_per_epoch
-from stonklib.grpo.validation import answer_counts, answer_stats, greedy_answers
+from stonklib.grpo.validation import val_scalars, validate
 from stonklib.prompts import fit_prompt
 from stonklib.rewards import score
 from stonklib.sampling.rollout import encode_prompts
@@ -233,11 +226,9 @@ class WarmupTrainer:
         if not self.val_set:
             return {}
         self.sampler.refresh(self.policy)
-        texts = greedy_answers(self.sampler, self.tok, self.val_set, self.encode, batch=EVAL_BATCH,
-                               max_new_tokens=self.cfg.max_new_tokens)
-        scores = [score(t, ex) for t, ex in zip(texts, self.val_set, strict=True)]
-        stats = answer_stats(answer_counts(texts, self.val_set, scores))
-        self.log.scalars(self.step_num, {f"val/{k}": (math.nan if v is None else v) for k, v in stats.items()})
+        texts, scores, stats = validate(self.sampler, self.tok, self.val_set, self.encode, score, batch=EVAL_BATCH,
+                                        max_new_tokens=self.cfg.max_new_tokens)
+        self.log.scalars(self.step_num, val_scalars(stats))
         self.log.completions([{"step": self.step_num, "prompt_id": f"{ex.ticker}@{ex.date}", "ticker": ex.ticker,
                                "date": ex.date, "completion": t, "predicted_direction": s.prediction.direction,
                                "actual_direction": ex.direction_1, "rewards": s.components, "reward_total": s.total}
@@ -254,21 +245,15 @@ class WarmupTrainer:
                 "global_batch": self.cfg.batch_size, "validation": self.last_validation}
 
     def save(self, folder: Path | None = None) -> None:
-        folder = folder or Path(self.cfg.output_dir) / f"checkpoint-{self.step_num}"
-        save_checkpoint(folder, model=self.policy, tokenizer=self.tok, optimizer=self.optimizer,
-                        scheduler=self.scheduler, state=self.state())
-        self.log.info("saved %s", folder)
-        prune_checkpoints(self.cfg.output_dir, self.cfg.save_total_limit)
+        save_and_prune(folder or Path(self.cfg.output_dir) / f"checkpoint-{self.step_num}", log=self.log,
+                       output_dir=self.cfg.output_dir, keep=self.cfg.save_total_limit, model=self.policy,
+                       tokenizer=self.tok, optimizer=self.optimizer, scheduler=self.scheduler, state=self.state())
 
     def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.cfg.output_dir, self.log)
-        if ckpt is None:  # nothing to continue: start again with empty logs, so no line is written twice
-            self.log.truncate({})
-            self.log.info("resume: no complete checkpoint in %s, starting fresh", self.cfg.output_dir)
+        ckpt = resume_point(self.cfg.output_dir, self.log)
+        if ckpt is None:
             return
-        load_adapter_weights(self.policy, ckpt)
-        state = load_training_state(ckpt, self.optimizer, self.scheduler)
+        state = restore(ckpt, model=self.policy, optimizer=self.optimizer, scheduler=self.scheduler, log=self.log)
         self.step_num, self.skipped_updates = state["step"], state["skipped_updates"]
         self.last_validation = state.get("validation")
-        self.log.truncate(state["log_offsets"])
         self.log.info("resumed from %s at step %d", ckpt, self.step_num)
