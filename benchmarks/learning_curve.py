@@ -24,7 +24,8 @@ whose answers are wrong; distinct completions; the sampled up-rate; entropy). Th
   over all groups and over the groups whose answers are wrong (on a solved task every group is right and
   spread-free: that is success, not collapse);
 - whether the predicted-up rate stayed within [0.2, 0.8] at every validation after step 50, and
-  ``zero_std_groups`` <= 0.7 (the real-data "no collapse" criterion);
+  ``zero_std_groups`` <= 0.7 (the real-data "no collapse" criterion); with ``eval_samples`` set, the
+  same bound on the sampled answers' up-rate (``val/sampled_up_rate``) beside the greedy one;
 - the test metrics beside every baseline, as ``stonk evaluate``'s verdict words them.
 
 Writes ``benchmarks/results/<machine>-learning_curve-<name>-<date>.{json,png}``.
@@ -49,7 +50,7 @@ from stonklib import config as cfglib  # noqa: E402
 from stonklib.cli import add_config_flags  # noqa: E402
 
 VAL_KEYS = ("val/accuracy", "val/balanced_accuracy", "val/mcc", "val/parse_rate", "val/format_rate",
-            "val/predicted_up_rate", "val/distinct_share", "val/reward")
+            "val/predicted_up_rate", "val/sampled_up_rate", "val/distinct_share", "val/reward")
 STEP_KEYS = ("reward/total", "reward/direction", "reward/zero_std_groups", "reward/zero_std_wrong_groups",
              "completions/distinct_share", "completions/predicted_up_rate", "entropy", "kl", "step_s",
              "sampler/logp_gap", "sampler/logp_gap_max")
@@ -138,6 +139,10 @@ def verdict(stages: dict[str, dict], evaluation: dict | None = None) -> dict:
         "up_rate_within_0.2_0.8_after_step_50": all(0.2 <= p["val/predicted_up_rate"] <= 0.8 for p in late),
         "up_rates_after_step_50": [round(p["val/predicted_up_rate"], 3) for p in late],
         "zero_std_groups_at_most_0.7": bool(tail) and mean("reward/zero_std_groups") <= 0.7}
+    sampled = [p["val/sampled_up_rate"] for p in late if p.get("val/sampled_up_rate") is not None]
+    if sampled:  # eval_samples: the sampling policy's own up-rate, beside the greedy answers'
+        out["no_collapse"] |= {"sampled_up_rate_within_0.2_0.8_after_step_50": all(0.2 <= r <= 0.8 for r in sampled),
+                               "sampled_up_rates_after_step_50": [round(r, 3) for r in sampled]}
     text = []
     if acc:
         a = out["accuracy"]

@@ -151,10 +151,34 @@ def test_entropy_is_reported_as_the_mean_negative_log_prob():
     (dict(best_metric="val/loss"), "best_metric='val/loss'"),
     (dict(entropy_coef=-0.1), "entropy_coef=-0.1"),
     (dict(max_resample_rounds=-1), "max_resample_rounds=-1"),
+    (dict(eval_samples=-2), "eval_samples=-2"),
 ])
 def test_bad_controls_name_their_field(kw, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         TrainConfig(stage1_model="Qwen/Qwen2.5-1.5B-Instruct", **kw)
+
+
+def test_sampled_validation_counts_the_day1_directions_of_every_sample(monkeypatch):
+    """val/sampled_up_rate: the sampled answers' up share over those that parse, sampled in batches of prompts."""
+    from stonklib.grpo import validation
+
+    answers = {"a": ["Day 1: UP 1.0% with 60% confidence", "Day 1: down 2% with 55% confidence"],
+               "b": ["no answer", "Day 1: up 0.5% with 70% confidence"],
+               "c": ["Day 1: DOWN 1% with 50% confidence", "Day 1: UP 1% with 50% confidence"]}
+    calls = []
+
+    def fake_rollout(sampler, tokenizer, ids, mask, g, **kw):
+        calls.append((ids, g, kw))
+        return Rollout(None, None, None, None, [t for key in ids for t in answers[key]][:len(ids) * g])
+
+    monkeypatch.setattr(validation, "rollout", fake_rollout)
+    encode = lambda exs: (list(exs), None)  # noqa: E731 - prompts stand in for their ids
+    counts = validation.sampled_up_counts(None, None, ["a", "b", "c"], encode, samples=2, batch=4, max_new_tokens=8,
+                                          temperature=1.0, top_p=0.9)
+    assert counts == {"n": 6, "parsed": 5, "up": 3}
+    assert [c[0] for c in calls] == [["a", "b"], ["c"]] and calls[0][2] == {"max_new_tokens": 8, "temperature": 1.0, "top_p": 0.9}
+    assert validation.sampled_stats(counts) == {"sampled_up_rate": 3 / 5, "sampled_parse_rate": 5 / 6}
+    assert validation.sampled_stats({"n": 0, "parsed": 0, "up": 0}) == {"sampled_up_rate": None, "sampled_parse_rate": None}
 
 
 def test_the_default_best_metric_is_validation_mcc():

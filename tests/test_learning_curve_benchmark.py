@@ -40,6 +40,10 @@ def test_the_verdict_reports_accuracy_collapse_signals_and_the_up_rate_bounds(lc
     assert not v["no_collapse"]["up_rate_within_0.2_0.8_after_step_50"]
     assert not v["no_collapse"]["zero_std_groups_at_most_0.7"]
     assert "first reached at GRPO step 75" in v["text"]
+    assert "sampled_up_rates_after_step_50" not in v["no_collapse"]  # only with eval_samples
+    sampled = [p | {"val/sampled_up_rate": r} for p, r in zip(points, (0.5, 0.1, 0.45, 0.55), strict=True)]
+    s = lc.verdict({"train": _stage(sampled, steps)})["no_collapse"]
+    assert s["sampled_up_rates_after_step_50"] == [0.45, 0.55] and s["sampled_up_rate_within_0.2_0.8_after_step_50"]
     two = lc.verdict({"stage1": _stage(points[:2], steps[:50]), "stage2": _stage(points[2:], steps[:50])})
     assert two["grpo_steps"] == 100  # stage II's steps are counted on from stage I's last
 

@@ -135,7 +135,7 @@ def test_non_finite_reward_skips_the_update(tiny_model_dir, tmp_path, make_examp
 def test_run_training_writes_every_output(tiny_model_dir, small_data, tmp_path):
     cfg = _cfg(tiny_model_dir, tmp_path, data=str(small_data), max_steps=4, save_steps=2, eval_steps=2,
                max_eval_samples=4, max_train_samples=16, tensorboard=True, kl_coef=0.05, max_prompt_tokens=900,
-               eval_at_start=True)
+               eval_at_start=True, eval_samples=2)
     summary = run_training(cfg)
     out = Path(cfg.output_dir)
     assert summary["steps"] == 4
@@ -160,6 +160,7 @@ def test_run_training_writes_every_output(tiny_model_dir, small_data, tmp_path):
     assert [r["step"] for r in val] == [0, 2, 4]  # eval_at_start adds the untrained baseline
     assert all(0.0 <= r["val/format_rate"] <= 1.0 and 0.0 <= r["val/parse_rate"] <= 1.0 for r in val)
     assert all("val/predicted_up_rate" in r for r in val)
+    assert all(0.0 <= r["val/sampled_parse_rate"] <= 1.0 and "val/sampled_up_rate" in r for r in val)  # eval_samples
     steps = [r for r in read_jsonl(out / "train_metrics.jsonl") if "reward/total" in r]
     assert all(0.0 <= r["reward/zero_std_groups"] <= 1.0 for r in steps)
 

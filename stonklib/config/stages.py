@@ -267,6 +267,7 @@ class TrainConfig(RunConfig):
     entropy_coef: float = option(0.0, "Weight of an entropy bonus in the loss: its gradient is the score-function estimate of the per-token entropy's gradient from the sampled tokens (0: off).")
     dynamic_sampling: bool = option(False, "DAPO's dynamic sampling: drop groups whose G completions all got one reward and sample groups for further prompts in their place (at most max_resample_rounds extra rounds per step).")
     max_resample_rounds: int = option(2, "With dynamic_sampling: extra sampling rounds of batch_size prompts per step, at most; a batch still short of groups with spread keeps some spread-free ones.")
+    eval_samples: int = option(0, "Also sample this many answers per validation prompt at the rollouts' temperature and top_p, and log their day-1 up-rate and parse rate (val/sampled_up_rate, val/sampled_parse_rate): the policy's own balance, which greedy answers that swing as a block hide. 0: greedy answers only.")
     best_metric: str = option("val/mcc", "The validation number best/ keeps the highest of: val/mcc (default), val/balanced_accuracy, val/accuracy or val/reward (a proxy: a rising reward is not a better prediction). Undefined (no parsed answer) ranks lowest; the validation reward breaks ties.")
     # --- reward
     reward_weights: dict[str, float] = option({}, "Multipliers per reward part (direction, magnitude, confidence, data_utilization, format); missing parts keep 1.0.")
@@ -303,6 +304,7 @@ class TrainConfig(RunConfig):
         require(self.temperature > 0, f"temperature={self.temperature}: must be > 0.")
         require(self.entropy_coef >= 0, f"entropy_coef={self.entropy_coef}: must be >= 0 (0 turns the bonus off).")
         require(self.max_resample_rounds >= 0, f"max_resample_rounds={self.max_resample_rounds}: must be >= 0.")
+        require(self.eval_samples >= 0, f"eval_samples={self.eval_samples}: must be >= 0 (0: greedy validation only).")
         require(self.best_metric in BEST_METRICS, f"best_metric={self.best_metric!r}: use one of {', '.join(BEST_METRICS)}.")
         bad = set(self.reward_weights) - set(REWARD_PARTS)
         require(not bad, f"reward_weights has unknown parts {sorted(bad)}: use {', '.join(REWARD_PARTS)}.")

@@ -61,7 +61,7 @@ from stonklib.grpo.policy_update import PolicyUpdate
 from stonklib.grpo.runlog import RunLog
 from stonklib.grpo.schedule import batch_indices, guarded_step, make_scheduler, steps_per_epoch
 from stonklib.grpo.steplog import StepResult, completion_rows, step_scalars
-from stonklib.grpo.validation import val_scalars, validate
+from stonklib.grpo.validation import sampled_stats, sampled_up_counts, val_scalars, validate
 from stonklib.prompts import fit_prompt
 from stonklib.rewards import score
 from stonklib.sampling.rollout import HFSampler, Rollout, encode_prompts, eos_ids, rollout
@@ -317,11 +317,19 @@ class GRPOTrainer:
         """Greedy answers to the first ``max_eval_samples`` val examples (split over ranks), scored.
 
         ``val/*`` keys of :func:`stonklib.grpo.validation.answer_stats`. A predicted-up rate of 0 or 1 means
-        one answer for every prompt: the market-bias failure to watch.
+        one answer for every prompt: the market-bias failure to watch. With ``eval_samples``, also the
+        up-rate of that many sampled answers per prompt (:func:`~stonklib.grpo.validation.sampled_up_counts`).
         """
-        exs = self.val_set[: self.cfg.max_eval_samples][self.dist.rank::self.dist.world]
+        cfg = self.cfg
+        exs = self.val_set[: cfg.max_eval_samples][self.dist.rank::self.dist.world]
+        batch = cfg.batch_size * cfg.num_generations
         _, _, stats = validate(self.sampler, self.tok, exs, self.encode, self.reward_fn, dist=self.dist,
-                               batch=self.cfg.batch_size * self.cfg.num_generations, max_new_tokens=self.cfg.max_new_tokens)
+                               batch=batch, max_new_tokens=cfg.max_new_tokens)
+        if cfg.eval_samples:
+            counts = sampled_up_counts(self.sampler, self.tok, exs, self.encode, samples=cfg.eval_samples, batch=batch,
+                                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+            summed = D.all_reduce_sum(torch.tensor(list(counts.values()), dtype=torch.float64), self.dist).tolist()
+            stats |= sampled_stats(dict(zip(counts, summed, strict=True)))
         return val_scalars(stats)
 
     def _evaluate_and_keep_best(self) -> None:

@@ -78,3 +78,24 @@ def validate(sampler, tokenizer, examples: Sequence[Example], encode: Callable, 
 def val_scalars(stats: dict[str, float | None]) -> dict[str, float]:
     """:func:`answer_stats` as logged: keys under ``val/``, an undefined value (no parsed answer yet) as NaN."""
     return {f"val/{k}": math.nan if v is None else v for k, v in stats.items()}
+
+
+@torch.no_grad()
+def sampled_up_counts(sampler, tokenizer, examples: Sequence[Example], encode: Callable, *, samples: int, batch: int,
+                      max_new_tokens: int, **sample_kw) -> dict[str, int]:
+    """``samples`` sampled answers per example (``sample_kw``: temperature, top_p), counted: answers, those
+    with a day-1 direction, those saying up. Summed over ranks, they give the sampling policy's up-rate."""
+    n = parsed = up = 0
+    per_call = max(1, batch // max(1, samples))
+    for i in range(0, len(examples), per_call):
+        ids, mask = encode(list(examples[i:i + per_call]))
+        for text in rollout(sampler, tokenizer, ids, mask, samples, max_new_tokens=max_new_tokens, **sample_kw).texts:
+            direction = parse_prediction(text, 1).direction
+            n, parsed, up = n + 1, parsed + (direction != "unknown"), up + (direction == "up")
+    return {"n": n, "parsed": parsed, "up": up}
+
+
+def sampled_stats(counts: dict[str, float]) -> dict[str, float | None]:
+    """``sampled_up_rate`` (over parsed answers) and ``sampled_parse_rate`` from :func:`sampled_up_counts`."""
+    return {"sampled_up_rate": counts["up"] / counts["parsed"] if counts["parsed"] else None,
+            "sampled_parse_rate": counts["parsed"] / counts["n"] if counts["n"] else None}

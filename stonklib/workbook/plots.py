@@ -231,7 +231,7 @@ TRAINING_PANELS = (
     ("KL to the reference", ("kl",)),
     ("loss", ("loss",)),
     ("clip fraction, groups with no reward spread", ("clip_fraction", "reward/zero_std_groups")),
-    ("validation", ("val/reward", "val/accuracy", "val/format_rate", "val/predicted_up_rate")),
+    ("validation", ("val/reward", "val/accuracy", "val/format_rate", "val/predicted_up_rate", "val/sampled_up_rate")),
 )
 
 
