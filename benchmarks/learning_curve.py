@@ -194,8 +194,9 @@ def plot(data: dict, path: Path) -> None:
     plot_metric_curves(val, ["val/accuracy", "val/balanced_accuracy", "val/parse_rate"], ax=axes[0],
                        title="held-out (greedy)", ylabel="share of prompts")
     axes[0].axhline(TARGET_ACCURACY, color="grey", lw=0.8, ls="--")
-    plot_metric_curves(val, ["val/predicted_up_rate", "val/distinct_share", "val/mcc"], ax=axes[1],
-                       title="held-out answers", ylabel="share / MCC")
+    plot_metric_curves(val, ["val/predicted_up_rate", "val/sampled_up_rate", "val/distinct_share", "val/mcc"], ax=axes[1],
+                       title="held-out answers (band: up-rate 0.2-0.8)", ylabel="share / MCC")
+    axes[1].axhspan(0.2, 0.8, color="grey", alpha=0.08, lw=0)
     smooth = steps.rolling(10, min_periods=1).mean()
     plot_metric_curves(smooth, ["reward/zero_std_groups", "reward/zero_std_wrong_groups", "completions/distinct_share",
                                 "completions/predicted_up_rate"], ax=axes[2], title="sampled groups (10-step mean)",

@@ -145,3 +145,15 @@ def test_the_momentum_chain_is_the_small_chain_with_its_own_warmup():
     warmup = C.build(C.WarmupConfig, ROOT / "configs" / "learning_real_momentum.yaml", "warmup")
     assert (warmup.direction_source, warmup.max_steps, warmup.magnitude_decimals) == ("momentum", 30, 2)
     assert warmup.justification == C.WarmupConfig.__dataclass_fields__["justification"].default
+
+
+def test_the_anchored_chain_is_the_momentum_chain_with_a_stronger_kl():
+    """configs/learning_real_anchored.yaml: learning_real_momentum.yaml at KL 0.5, sampling at validation."""
+    momentum = C.load_yaml(ROOT / "configs" / "learning_real_momentum.yaml")
+    anchored = C.load_yaml(ROOT / "configs" / "learning_real_anchored.yaml")
+    changed = {"output_dir": None, "kl_coef": None, "eval_samples": None}
+    for section in ("stage1", "stage2"):
+        assert {**anchored[section], **changed} == {**momentum[section], **changed}
+        cfg = C.build(C.TrainConfig, ROOT / "configs" / "learning_real_anchored.yaml", section)
+        assert (cfg.kl_coef, cfg.eval_samples, cfg.lr, cfg.entropy_coef) == (0.5, 4, 2e-4, 0.02)
+    assert {**anchored["warmup"], "output_dir": None} == {**momentum["warmup"], "output_dir": None}
