@@ -27,7 +27,14 @@ from stonklib.data import build_dataset
 from stonklib.grpo.runlog import read_jsonl
 from stonklib.prompts import build_prompt
 from stonklib.rewards import parse_all
-from stonklib.warmup.targets import build_target, build_targets, shown_values, targets_for
+from stonklib.warmup.targets import (
+    build_target,
+    build_targets,
+    shown_values,
+    shown_volume_high,
+    targets_for,
+    volume_side,
+)
 from tests.conftest import example
 
 
@@ -82,6 +89,47 @@ def test_the_coin_trains_both_faces_of_day_one_and_draws_days_two_and_three():
     texts = lambda ps: [t.text for _, ts in ps for t in ts]  # noqa: E731
     assert texts(again) == texts(pairs) and texts(other) != texts(pairs)  # seeded
     assert [len(targets_for(ex, "label")) for ex in exs[:3]] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("ratio, high", [
+    (1.2, True),  # why: the day's volume above its 10-day average
+    (0.94, False),
+    (0.996, True),  # why: read as the prompt prints it, 1.00
+    (0.994, False),  # why: and 0.99 here
+])
+def test_the_volume_source_reads_the_shown_volume_ratio(ratio, high):
+    ex = example(volume_ratio=ratio)
+    assert shown_volume_high(ex) is high
+    if high:
+        assert f"volume_ratio {ratio:.2f}" in build_prompt(ex, "compact_format")  # the prompt's metrics line
+    for seed in (1, 4):  # the two sides: a high ratio means down under seed 1 and up under seed 4
+        side = volume_side(seed)
+        want = side if high else {"up": "down", "down": "up"}[side]
+        assert targets_for(ex, "volume", seed=seed)[0].directions == (want, want, want)
+    assert {volume_side(s) for s in (1, 4)} == {"up", "down"}
+
+
+def test_the_volume_source_knows_nothing_of_the_label():
+    # 1,000 examples: ratios spread over 0.50-1.49, labels from an unrelated draw
+    exs = [example(ticker=f"T{i}", volume_ratio=0.5 + (i * 7 % 100) / 100, direction_1=("up", "down")[(i * 7919) % 13 < 6])
+           for i in range(1000)]
+    pairs, skipped = build_targets(exs, "volume", seed=4)
+    assert sum(skipped.values()) == 0 and all(len(ts) == 1 for _, ts in pairs)  # one target: no faces
+    day1 = [ts[0].directions[0] for _, ts in pairs]
+    assert day1.count("up") == 500  # half the ratios are >= 1.00
+    agree = sum(d == ex.direction_1 for (ex, _), d in zip(pairs, day1, strict=True))
+    assert 400 <= agree <= 600
+
+
+@pytest.mark.parametrize("ratios, want", [
+    ([1.2, 1.3, 1.4, 0.8], {"up": 2.0, "down": 2 / 3}),  # why: 3 of 4 high (down under seed 1): each side weighs 2 in all
+    ([1.2, 0.8], {"up": 1.0, "down": 1.0}),  # why: already even: unchanged
+    ([1.2, 1.3], {"down": 1.0}),  # why: one side only: nothing to balance
+])
+def test_the_volume_sides_weigh_the_same_in_the_loss(ratios, want):
+    pairs, _ = build_targets([example(ticker=f"T{i}", volume_ratio=r) for i, r in enumerate(ratios)], "volume", seed=1)
+    got = {t.directions[0]: t.weight for _, ts in pairs for t in ts}
+    assert got == pytest.approx(want)
 
 
 def test_examples_without_a_cited_value_are_skipped_and_counted():

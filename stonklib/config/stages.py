@@ -29,8 +29,9 @@ PROMPT_VERSIONS = ("seed", "compact", "compact_example", "compact_format")
 BEST_METRICS = ("val/mcc", "val/balanced_accuracy", "val/accuracy", "val/reward")
 #: ``triton_kernels`` -> the fast path's ``kernels=`` argument (:func:`stonklib.kernels.wanted`).
 KERNEL_SWITCH = {"auto": None, "on": True, "off": False}
-#: Where a warm-up target's direction comes from (``docs/warmup.md``): ``coin`` is the method, the rest ablations.
-DIRECTION_SOURCES = ("coin", "momentum", "label")
+#: Where a warm-up target's direction comes from (``docs/warmup.md``): ``coin`` and ``volume`` are label-free,
+#: ``momentum`` and ``label`` ablations.
+DIRECTION_SOURCES = ("coin", "volume", "momentum", "label")
 #: How the coin's day-1 direction is trained: each prompt's odds to even, or only the batch's mean (docs/warmup.md).
 COIN_BALANCES = ("prompt", "batch")
 #: Values a warm-up justification may cite, as ``{name}`` placeholders: each is shown in every prompt.
@@ -189,7 +190,7 @@ class WarmupConfig(RunConfig):
 
     model: str = option(str(paths.EMBEDDED_MODEL), "Starting model: a model directory, a hub id (e.g. Qwen/Qwen2.5-1.5B-Instruct) or a PEFT adapter directory (merged into its base before quantizing).")
     output_dir: str = option("runs/warmup", "Where logs, checkpoints and the final adapter go; the GRPO stage then starts from output_dir/final.")
-    direction_source: str = option("coin", "Where each target's direction comes from: coin (a seeded balanced coin per example and day: label-free, the default), momentum (the sign of the 1-day return the prompt shows; an ablation) or label (the true next-day direction: supervised classification, a baseline, not the method).")
+    direction_source: str = option("coin", "Where each target's direction comes from: coin (a seeded balanced coin per example and day: label-free, the default), volume (whether the shown volume ratio is at least 1, a seeded side meaning up, the two sides weighing the same: label-free, readable from the prompt and without a direction of its own; an ablation), momentum (the sign of the 1-day return the prompt shows; an ablation) or label (the true next-day direction: supervised classification, a baseline, not the method).")
     justification: str = option(DEFAULT_JUSTIFICATION, "The target's justification line, with {placeholders} for values the prompt shows (" + ", ".join(JUSTIFICATION_VALUES) + f"); it must cite at least {MIN_CITED_VALUES} distinct values, so the data_utilization reward pays in full.")
     magnitude_decimals: int = option(2, "Decimals of each target's predicted move (the 10-day volatility the prompt shows): 2 copies it as printed, which the warm-up learns; 1 rounds it (the first measured setting).")
     direction_weight: float = option(50.0, "Loss weight of each target's day-1 direction word against 1 for every other token: with the coin's two faces, it is what pulls every prompt's day-1 odds to even within a short warm-up (docs/warmup.md).")

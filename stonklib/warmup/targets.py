@@ -11,8 +11,12 @@ and a ``Justification:`` line that quotes values *that* example's prompt shows, 
   (``direction_weight``), pull every prompt's odds to even, so GRPO starts from a policy that answers in
   the format, samples both directions and has something to explore. Days 2 and 3 are seeded coin draws, by (random
   seed, ticker, date). Label-free: the warm-up teaches the format, nothing about the market;
+- ``volume``: every day, one direction when the prompt shows a volume ratio of at least 1 (the day's volume
+  above its 10-day average) and the other below it, the seed choosing which (an ablation). Label-free like the
+  coin, but readable from the prompt, so a model that learns it answers held-out prompts both ways; volume has
+  no direction of its own, so the rule knows next to nothing of the next day (``docs/warmup.md``);
 - ``momentum``: the sign of the 1-day return the prompt shows, every day (an ablation: a plausible prior
-  rule, learnable from the prompt);
+  rule, learnable from the prompt; a market rule, whose agreement with the next day differs by period);
 - ``label``: the true direction of each day. That is supervised classification, a baseline to compare
   GRPO with, not the method.
 
@@ -80,10 +84,25 @@ def target_rng(example: Example, seed: int) -> random.Random:
     return random.Random(zlib.crc32(f"{seed}|{example.ticker}|{example.date}".encode()))
 
 
-def target_directions(example: Example, source: str, rng: random.Random) -> tuple[str, str, str]:
+def shown_volume_high(example: Example) -> bool:
+    """Whether the prompt shows a volume ratio of at least 1 (the day's volume above its 10-day average), read as
+    the prompts print it (two decimals)."""
+    return math.isfinite(example.volume_ratio) and round(example.volume_ratio, 2) >= 1.0
+
+
+def volume_side(seed: int) -> str:
+    """``volume``'s seeded side: the direction a volume ratio of at least 1 means (the other ratio, the other one)."""
+    return ("up", "down")[zlib.crc32(f"volume|{seed}".encode()) % 2]
+
+
+def target_directions(example: Example, source: str, rng: random.Random, seed: int = 42) -> tuple[str, str, str]:
     """Days 1-3's directions (for ``coin``, day 1 is replaced by each face in turn: :func:`targets_for`)."""
     if source == "coin":
         return tuple("up" if rng.random() < 0.5 else "down" for _ in range(3))  # type: ignore[return-value]
+    if source == "volume":
+        high = volume_side(seed)
+        d = high if shown_volume_high(example) else ("down" if high == "up" else "up")
+        return d, d, d
     if source == "momentum":
         r = example.return_1d if math.isfinite(example.return_1d) else example.day_change_pct
         return ("up", "up", "up") if round(r, 2) > 0 else ("down", "down", "down")
@@ -109,7 +128,7 @@ def build_target(example: Example, direction_source: str = "coin", justification
     except KeyError:  # the example lacks a cited value (no 10-day history, say)
         return None
     rng = target_rng(example, seed)
-    dirs = target_directions(example, direction_source, rng)
+    dirs = target_directions(example, direction_source, rng, seed)
     if day1 is not None:
         dirs = (day1, dirs[1], dirs[2])
     move = target_magnitude(example, magnitude_decimals)
@@ -146,7 +165,20 @@ def build_targets(examples: Sequence[Example], direction_source: str = "coin", j
             skipped["too_few_grounded_values"] += 1
         else:
             kept.append((ex, ts))
+    if direction_source == "volume":
+        kept = balanced_sides(kept)
     return kept, skipped
+
+
+def balanced_sides(pairs: list[tuple[Example, list[Target]]]) -> list[tuple[Example, list[Target]]]:
+    """The pairs with each target weighted ``0.5 / share`` of its day-1 direction: the two directions weigh the same
+    in the loss, so answering the larger side everywhere lowers it no more than answering the smaller one, and
+    only reading the prompt does. (About 57 % of rows show a volume ratio below 1.)"""
+    ups = sum(ts[0].directions[0] == "up" for _, ts in pairs)
+    if not pairs or ups in (0, len(pairs)):
+        return pairs
+    share = {"up": ups / len(pairs), "down": 1 - ups / len(pairs)}
+    return [(ex, [replace(t, weight=t.weight * 0.5 / share[t.directions[0]]) for t in ts]) for ex, ts in pairs]
 
 
 def _full_credit() -> float:
