@@ -12,9 +12,10 @@ and a ``Justification:`` line that quotes values *that* example's prompt shows, 
   the format, samples both directions and has something to explore. Days 2 and 3 are seeded coin draws, by (random
   seed, ticker, date). Label-free: the warm-up teaches the format, nothing about the market;
 - ``volume``: every day, one direction when the prompt shows a volume ratio of at least 1 (the day's volume
-  above its 10-day average) and the other below it, the seed choosing which (an ablation). Label-free like the
-  coin, but readable from the prompt, so a model that learns it answers held-out prompts both ways; volume has
-  no direction of its own, so the rule knows next to nothing of the next day (``docs/warmup.md``);
+  above its 10-day average) and the other below it, the seed choosing which, the two directions weighing the
+  same in the loss (:func:`balanced_sides`; an ablation). Label-free like the coin, but readable from the
+  prompt, so a model that learns it answers held-out prompts both ways; volume has no direction of its own,
+  so the rule knows next to nothing of the next day (``docs/warmup.md``);
 - ``momentum``: the sign of the 1-day return the prompt shows, every day (an ablation: a plausible prior
   rule, learnable from the prompt; a market rule, whose agreement with the next day differs by period);
 - ``label``: the true direction of each day. That is supervised classification, a baseline to compare
@@ -91,7 +92,7 @@ def shown_volume_high(example: Example) -> bool:
 
 
 def volume_side(seed: int) -> str:
-    """``volume``'s seeded side: the direction a volume ratio of at least 1 means (the other ratio, the other one)."""
+    """``volume``'s seeded side: the direction a volume ratio of at least 1 means; a lower ratio means the other."""
     return ("up", "down")[zlib.crc32(f"volume|{seed}".encode()) % 2]
 
 
