@@ -114,6 +114,36 @@ def test_top_p_draw_is_keyed_by_its_seed(K):
     assert a.unique().numel() > 8  # rows draw independently
 
 
+@pytest.mark.parametrize(("temp", "top_p"), [(0.7, 0.9), (1.0, 1.0), (1e-4, 0.5)])
+def test_top_p_draw_returns_the_drawn_tokens_log_prob(K, temp, top_p):
+    """The fused log-prob is log_softmax(logits / T) at the drawn token, the eager formula, and the draw is unchanged."""
+    logits = torch.randn(7, VOCAB, generator=torch.Generator().manual_seed(4)) * 3.0
+    logits[2, :10] = float("-inf")  # masked tokens (a suppressed EOS) keep the row's statistics finite
+    args = (logits, torch.tensor([temp]), torch.tensor([top_p]), torch.tensor([11]))
+    tok, lp = K.sample_top_p(*args, k=8, chunk=64, logprob=True)
+    assert torch.equal(tok, K.sample_top_p(*args, k=8, chunk=64))
+    expected = torch.log_softmax(logits / temp, -1).gather(1, tok[:, None]).squeeze(1)
+    torch.testing.assert_close(lp, expected, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_sampler_log_probs_with_kernels_match_a_rescoring_of_its_tokens(K):
+    """last_logprobs from the draw's statistics equal log_softmax(decoder logits / T) at each kept token."""
+    from stonklib.sampling import FastSampler
+
+    ids, mask = left_padded()
+    model = tiny_model("qwen2", seed=6)
+    fs = FastSampler(model, TOK, max_batch=3, max_len=24, kernels=True, eos_token_id=[])
+    torch.manual_seed(1)
+    out = fs.sample(ids, mask, max_new_tokens=5, temperature=0.8, top_p=0.95)
+    full = torch.cat([ids, out], 1)
+    attn = torch.cat([mask, torch.ones_like(out)], 1)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=full, attention_mask=attn, position_ids=pos).logits[:, ids.shape[1] - 1:-1].float()
+    expected = torch.log_softmax(logits / 0.8, -1).gather(2, out[..., None]).squeeze(2)
+    torch.testing.assert_close(fs.last_logprobs, expected, rtol=1e-4, atol=1e-4)
+
+
 @torch.no_grad()
 def test_sampler_with_kernels_repeats_under_a_seed_and_advances_its_key(K):
     from stonklib.sampling import FastSampler

@@ -84,9 +84,10 @@ if triton is not None:
         tl.store(ahead_ptr + (n * S + c) * K + k, ahead)
 
     @triton.jit
-    def _sample_accept_kernel(top_p_ptr, stat_ptr, cand_ptr, ahead_ptr, tok_ptr,
-                              S: tl.constexpr, SP: tl.constexpr, K: tl.constexpr):
-        """One row: the first candidate inside the nucleus, else the most likely token."""
+    def _sample_accept_kernel(logits_ptr, temp_ptr, top_p_ptr, stat_ptr, cand_ptr, ahead_ptr, tok_ptr, lp_ptr, s_l,
+                              S: tl.constexpr, SP: tl.constexpr, K: tl.constexpr, LOGP: tl.constexpr):
+        """One row: the first candidate inside the nucleus, else the most likely token; with LOGP also its
+        log-prob under ``softmax(logits / T)``, from the row statistics the pick kernel already merged."""
         n = tl.program_id(0)
         c = tl.arange(0, SP)
         k = tl.arange(0, K)
@@ -97,11 +98,15 @@ if triton is not None:
         cand = tl.load(cand_ptr + n * K + k)
         pick = tl.sum(tl.where(k == first, cand, 0), 0)
         best = tl.load(stat_ptr + n * 3 + 2).to(tl.int64)
-        tl.store(tok_ptr + n, tl.where(first < K, pick, best))
+        tok = tl.where(first < K, pick, best)
+        tl.store(tok_ptr + n, tok)
+        if LOGP:
+            z = tl.load(logits_ptr + n * s_l + tok) / tl.load(temp_ptr)
+            tl.store(lp_ptr + n, z - tl.load(stat_ptr + n * 3) - tl.log(tl.load(stat_ptr + n * 3 + 1)))
 
 
 def sample_top_p(logits: Tensor, temperature: Tensor, top_p: Tensor, seed: Tensor, k: int = 8,
-                 chunk: int = 1024) -> Tensor:
+                 chunk: int = 1024, logprob: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """One token per row of float32 ``logits`` [N, V], as :func:`stonklib.sampling.fast._sample_top_p` draws it.
 
     The same rejection scheme (``k`` candidates from the full softmax, the first inside the top-p
@@ -110,6 +115,11 @@ def sample_top_p(logits: Tensor, temperature: Tensor, top_p: Tensor, seed: Tenso
     candidate, the choice. ``k`` is rounded up to a power of two, at least 4. Randomness is Philox keyed by ``seed`` (a 1-element int64 device
     tensor the caller advances between steps) and each (row, candidate, token), so a captured
     CUDA graph replays fresh draws. ``temperature``/``top_p`` are 1-element device tensors.
+
+    ``logprob=True`` also returns each drawn token's float32 log-prob under ``softmax(logits / T)``
+    (before top-p, as the update computes it), ``z_tok - max - log(sum exp(z - max))`` from the row
+    maximum and normaliser the draw computes anyway: no further pass over the logits, where the
+    eager ``log_softmax``-and-gather would read them three more times in several kernels.
     """
     n, v = logits.shape
     k = max(4, triton.next_power_of_2(k))  # candidates come four per Philox call
@@ -124,9 +134,11 @@ def sample_top_p(logits: Tensor, temperature: Tensor, top_p: Tensor, seed: Tenso
     cand = torch.empty(n, k, dtype=torch.int64, device=dev)
     ahead = torch.empty(n, s, k, **f32)
     tok = torch.empty(n, dtype=torch.int64, device=dev)
+    lp = torch.empty(n, **f32) if logprob else pc
     sl = logits.stride(0)
     _sample_chunk_kernel[(n, s)](logits, temperature, seed, m, z, amax, cval, cidx, sl, v, S=s, K=k, CHUNK=chunk)
     _sample_pick_kernel[(n,)](logits, temperature, m, z, amax, cval, cidx, stat, cand, pc, sl, S=s, SP=sp, K=k)
     _sample_mass_kernel[(n, s)](logits, temperature, stat, pc, ahead, sl, v, S=s, K=k, CHUNK=chunk)
-    _sample_accept_kernel[(n,)](top_p, stat, cand, ahead, tok, S=s, SP=sp, K=k)
-    return tok
+    _sample_accept_kernel[(n,)](logits, temperature, top_p, stat, cand, ahead, tok, lp, sl, S=s, SP=sp, K=k,
+                                LOGP=logprob)
+    return (tok, lp) if logprob else tok

@@ -236,10 +236,12 @@ class FastSampler:
             suppress = st.step < st.min_new
             eos_logits = logits.index_select(1, self.eos_t)
             logits.index_copy_(1, self.eos_t, torch.where(suppress, float("-inf"), eos_logits))
+        lp = None
         if greedy:
             tok = logits.argmax(-1)
-        elif self.kernels:  # the same sort-free draw in four Triton kernels (two reads of the logits)
-            tok = _kernels.sample_top_p(logits, st.temperature, st.top_p, st.seed, self.top_p_candidates)
+        elif self.kernels:  # the same sort-free draw in four Triton kernels (two reads of the logits), log-prob too
+            tok, lp = _kernels.sample_top_p(logits, st.temperature, st.top_p, st.seed, self.top_p_candidates,
+                                            logprob=True)
             st.seed.add_(1)
         elif self.cuda_graphs:  # sort-free: static shapes and no host sync inside the graph
             tok = _sample_top_p(logits, st.temperature, st.top_p, self.top_p_candidates)
@@ -248,11 +250,14 @@ class FastSampler:
         finished = st.finished[:n]
         tok = torch.where(finished, self.pad, tok)
         st.out[:n].index_copy_(1, st.step, tok[:, None])
-        # The sampled token's log-prob under softmax(logits / T), as the update computes it (before top-p):
-        # one gather and one log-sum-exp over the float32 logits, for the sampler/trainer gap.
+        # The sampled token's log-prob under softmax(logits / T), as the update computes it (before top-p), for
+        # the sampler/trainer gap: from the Triton draw's own row statistics, else one gather and one
+        # log-sum-exp over the float32 logits. After a row's EOS the value belongs to no kept token (the loss
+        # masks it): the draw's token with the kernels, the pad id without.
         if not greedy:  # greedy answers (validation) need no log-probs: keep their decode step as it was
-            scaled = logits / st.temperature
-            lp = scaled.gather(1, tok[:, None]).squeeze(1) - torch.logsumexp(scaled, -1)
+            if lp is None:
+                scaled = logits / st.temperature
+                lp = scaled.gather(1, tok[:, None]).squeeze(1) - torch.logsumexp(scaled, -1)
             st.logp[:n].index_copy_(1, st.step, lp[:, None])
         finished |= (tok[:, None] == self.eos_t).any(1)
         st.tok[:n] = tok
