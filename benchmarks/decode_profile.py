@@ -127,6 +127,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile_mode", default="default",
                     help="torch.compile mode of the step_compile variants (e.g. max-autotune-no-cudagraphs; "
                          "the CUDA graph is FastSampler's own).")
+    ap.add_argument("--quantize", action=argparse.BooleanOptionalAction, default=True,
+                    help="NF4 base weights on CUDA (the default); the sampler decodes from its own bf16 copy either way, "
+                         "so --no-quantize times the same decode step without bitsandbytes.")
     ap.add_argument("--model_dir", default="/tmp/qwen15b")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args(argv)
@@ -142,8 +145,8 @@ def main(argv=None) -> dict:
     for variant in variants:
         torch.manual_seed(0)
         t0 = time.perf_counter()
-        fs, tok, dev = build(variant, model_dir, a.rows, P + C, quantize=not tiny and torch.cuda.is_available(),
-                            compile_mode=a.compile_mode)
+        quantize = a.quantize and not tiny and torch.cuda.is_available()
+        fs, tok, dev = build(variant, model_dir, a.rows, P + C, quantize=quantize, compile_mode=a.compile_mode)
         g = torch.Generator().manual_seed(1)
         prompts = torch.randint(10, 1000, (a.rows // 4, P), generator=g).repeat_interleave(4, 0).to(dev)
         mask = torch.ones_like(prompts)
@@ -167,7 +170,7 @@ def main(argv=None) -> dict:
         if variant == "baseline" or not ref_path.is_file():
             torch.save(logits, ref_path)
         ref = torch.load(ref_path)
-        entry = {"ms_per_token_step": statistics.median(per_step), "ms_all": per_step, "setup_s": setup_s,
+        entry = {"ms_per_token_step": statistics.median(per_step), "ms_all": per_step, "setup_s": setup_s, "quantize": quantize,
                  "logits_rel_err": float((logits - ref).norm() / ref.norm()), "rows": a.rows,
                  "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
                  "torch": torch.__version__, "compile_mode": a.compile_mode if "compile" in variant else None}
