@@ -21,10 +21,7 @@ The skinny MLP kernels (``SkinnyMLP``: gate|up with SiLU-gating fused, down with
 fused, optional split-K) are timed against cuBLAS on the same bf16 weights (``F.linear`` + SiLU +
 product; ``addmm_``), with ``--sweep`` over ``(block_n, block_k, split_k, num_warps, num_stages)``.
 
-The projections of ``SkinnyLayer`` (``proj``): q|k|v (1536 -> 2048) with its RMSNorm and bias folded
-in, against the compiled decoder's RMSNorm + ``F.linear``; o (1536 -> 1536) with the residual fused,
-against ``addmm`` into a copy of the residual (what the plain path runs); with ``--sweep`` over their
-tiles. ``--only attention,proj`` runs some cases.
+``--only attention,mlp`` runs some cases.
 """
 
 from __future__ import annotations
@@ -96,18 +93,10 @@ def attention_case(iters: int, sweep: bool) -> dict:
     res = {"max_abs_err": float((out.float() - ref.float()).abs().max()), "ref_abs_max": float(ref.float().abs().max()),
            "cache_max_abs_err": float(max((kc.float() - k2.float()).abs().max(), (vc.float() - v2.float()).abs().max()))}
     res["config"] = list(K.ATTENTION_CONFIG)
-    res["fused_combine_default"] = K.attention.FUSED_COMBINE
     res["kernel_us"] = time_call(lambda: K.decode_attention(qkv, cos, sin, kc, vc, valid, s, H, KVH, D ** -0.5), iters)
-    for fused in (True, False):  # the chunks merged by the split kernel's last program, or by a second kernel
-        key = "fused_combine" if fused else "combine_kernel"
-        got = [K.decode_attention(qkv, cos, sin, kc, vc, valid, s, H, KVH, D ** -0.5, fused_combine=fused).float()
-               for _ in range(20)]  # repeated: a missed write between programs would show as a wrong or varying output
-        res[f"{key}_max_abs_err"] = max(float((o - ref.float()).abs().max()) for o in got)
-        res[f"{key}_us"] = time_call(lambda f=fused: K.decode_attention(qkv, cos, sin, kc, vc, valid, s, H, KVH,
-                                                                        D ** -0.5, fused_combine=f), iters)
     if sweep:
         rows = []
-        for chunk, block_l, warps in itertools.product((32, 64, 128, 256), (16, 32, 64), (2, 4, 8)):  # default combine
+        for chunk, block_l, warps in itertools.product((32, 64, 128, 256), (16, 32, 64), (2, 4, 8)):
             if block_l > chunk:
                 continue
             run = functools.partial(K.decode_attention, qkv, cos, sin, kc, vc, valid, s, H, KVH, D ** -0.5,
@@ -205,44 +194,7 @@ def sweep_tiles(name: str, grid, make_run, iters: int) -> list[dict]:
     return sorted(rows, key=lambda r: r["us"])
 
 
-def proj_case(iters: int, sweep: bool) -> dict:
-    """SkinnyLayer's q|k|v (RMSNorm + bias folded in) and o (+ residual) at 16 rows against what they replace."""
-    import stonklib.kernels as K
-
-    dev, dt = torch.device("cuda"), torch.bfloat16
-    g = torch.Generator(device=dev).manual_seed(0)
-    hidden, n_qkv, inter, m, eps = 1536, 2048, 8960, 16, 1e-6
-    w = lambda *shape: (torch.randn(*shape, device=dev, generator=g) * 0.02).to(dt)  # noqa: E731
-    ln_a, ln_m = (1 + w(hidden)), (1 + w(hidden))
-    w_qkv, b_qkv, w_o = w(n_qkv, hidden), w(n_qkv), w(hidden, hidden)
-    w_gu, w_d = w(2 * inter, hidden), w(hidden, inter)
-    sk = K.SkinnyLayer(ln_a, w_qkv, b_qkv, w_o, None, ln_m, w_gu, w_d, eps, m)
-    x = torch.randn(m, hidden, device=dev, dtype=dt, generator=g)
-    a = torch.randn(m, hidden, device=dev, dtype=dt, generator=g)
-    ref_qkv = F.linear(F.rms_norm(x, (hidden,), ln_a, eps), w_qkv, b_qkv).float()
-    ref_o = (x + F.linear(a, w_o)).float()
-    ref_mlp = K.skinny_mlp_reference(x, F.rms_norm(x, (hidden,), ln_m, eps), w_gu, w_d).float()
-    res = {"config": {k: list(sk.config[k]) for k in ("qkv", "o")},
-           "qkv_max_abs_err": float((sk.qkv(x).float() - ref_qkv).abs().max()), "qkv_ref_abs_max": float(ref_qkv.abs().max()),
-           "o_max_abs_err": float((sk.o(a, x).float() - ref_o).abs().max()), "o_ref_abs_max": float(ref_o.abs().max()),
-           "normed_mlp_max_abs_err": float((sk.mlp(x).float() - ref_mlp).abs().max()),
-           "normed_mlp_ref_abs_max": float(ref_mlp.abs().max())}
-    norm_linear = torch.compile(lambda x: F.linear(F.rms_norm(x, (hidden,), ln_a, eps), w_qkv, b_qkv), fullgraph=True)
-    res["qkv_us"] = time_call(lambda: sk.qkv(x), iters)
-    res["o_us"] = time_call(lambda: sk.o(a, x), iters)
-    res["normed_gate_up_us"] = time_call(lambda: sk.mlp_kernels.gate_up(x, norm=True), iters)
-    res["torch_qkv_us"] = time_call(lambda: norm_linear(x), iters)
-    res["torch_o_us"] = time_call(lambda: x.clone().addmm_(a, w_o.t()), iters)
-    res["weight_mb"] = {"qkv": w_qkv.numel() * 2 / 1e6, "o": w_o.numel() * 2 / 1e6}
-    if sweep:
-        res["qkv_sweep"] = sweep_tiles("qkv", itertools.product((16, 32), (64, 128, 256), (1,), (4, 8), (3, 4)),
-                                       lambda c: functools.partial(sk.qkv, x, c), iters)
-        res["o_sweep"] = sweep_tiles("o", itertools.product((16, 32), (128, 256), (1, 2, 4), (4,), (3, 4)),
-                                     lambda c: functools.partial(sk.o, a, x, c), iters)
-    return res
-
-
-CASES = ("attention", "sampler", "mlp", "proj")
+CASES = ("attention", "sampler", "mlp")
 
 
 def main(argv=None) -> dict:
@@ -269,15 +221,13 @@ def main(argv=None) -> dict:
     if "sampler" in only:
         result["sampler"] = sampler_case(a.iters)
         print("sampler", json.dumps(result["sampler"]), flush=True)
-    for case, fn, names in (("mlp", mlp_case, ("gate_up", "down")), ("proj", proj_case, ("qkv", "o"))):
-        if case not in only:
-            continue
-        result[case] = fn(a.iters, a.sweep)
-        print(case, json.dumps({k: v for k, v in result[case].items() if not k.endswith("sweep")}), flush=True)
-        for name in names:
-            for row in result[case].get(f"{name}_sweep", [])[:5]:
+    if "mlp" in only:
+        result["mlp"] = mlp_case(a.iters, a.sweep)
+        print("mlp", json.dumps({k: v for k, v in result["mlp"].items() if not k.endswith("sweep")}), flush=True)
+        for name in ("gate_up", "down"):
+            for row in result["mlp"].get(f"{name}_sweep", [])[:5]:
                 print("   ", name, row, flush=True)
-            best1 = [r for r in result[case].get(f"{name}_sweep", []) if r["config"][2] == 1][:1]
+            best1 = [r for r in result["mlp"].get(f"{name}_sweep", []) if r["config"][2] == 1][:1]
             print("    best without split-K:", best1, flush=True)
     write_result(a.out, result_name(machine_name(), "decode_kernels"), result)
     return result

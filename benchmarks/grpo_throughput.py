@@ -110,8 +110,7 @@ from stonklib.environment import prefer_expandable_segments  # noqa: E402
 
 #: The TrainConfig switches that decide which fast path ours runs (recorded with every result).
 FAST_PATH_FIELDS = ("fast_sampler", "shared_prefix_logprobs", "dense_update", "lora_matmul_dtype", "triton_kernels",
-                    "decode_mlp_kernel", "decode_projection_kernels", "compile_decoder", "decode_graphs", "update_graphs",
-                    "gradient_checkpointing")
+                    "decode_mlp_kernel", "compile_decoder", "decode_graphs", "update_graphs", "gradient_checkpointing")
 
 
 def parse_set(items: list[str]) -> dict:
@@ -221,7 +220,6 @@ def run_ours(a, shape: Shape, model_dir: Path, texts: list[str], examples: list[
     import stonklib.kernels as kernels
 
     out["fast_path"]["kernel_configs"] = {"attention": list(kernels.ATTENTION_CONFIG),
-                                          "fused_combine": kernels.attention.FUSED_COMBINE,
                                           "matmuls": {k: list(v) for k, v in kernels.MLP_CONFIG.items()}}
     out["logprobs"] = trainer.update.logprobs.__name__
     out["trainer_timings"] = parts

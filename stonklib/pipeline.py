@@ -77,6 +77,7 @@ def plan(config_path: str | Path, resume: bool = False) -> list[Step]:
 
 
 def _build(cls, values: dict, section: str, config_path) -> Any:
+    values = C.drop_retired(cls, values, f"{config_path} [{section}]")
     try:
         return C.build(cls, **values)
     except C.ConfigError as e:

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from stonklib import cli
 from stonklib import config as C
@@ -71,6 +72,60 @@ def test_unknown_yaml_key_names_the_valid_ones(tmp_path):
     y.write_text("stage1_model: Qwen/Qwen2.5-1.5B-Instruct\nlearning_rate: 1.0e-5\n")
     with pytest.raises(C.ConfigError, match="learning_rate.*valid: .*lr"):
         C.build(C.TrainConfig, y)
+
+
+HUB = "Qwen/Qwen2.5-1.5B-Instruct"  # a hub id passes the model check without a download
+#: (config, how the retired key arrives, its value, what the error says or None: dropped with a warning)
+RETIRED_CASES = [
+    ("TrainConfig", "run_config", False, None),      # an old run's flat config.yaml, as dump_yaml wrote it: resumes
+    ("TrainConfig", "run_config", "no", None),       # the old default spelt as the field read it
+    ("TrainConfig", "section", False, None),
+    ("WarmupConfig", "section", False, None),        # declared on RunConfig: both training configs retire it
+    ("TrainConfig", "arguments", False, None),
+    ("TrainConfig", "pipeline", False, None),        # a `stonk pipeline` file's section
+    ("TrainConfig", "run_config", True, "decode_projection_kernels=True"),  # asked for what no longer exists
+    ("TrainConfig", "section", 1, "decode_projection_kernels=1"),          # not a boolean the field took
+    ("WarmupConfig", "section", True, "decode_projection_kernels=True"),
+    ("TrainConfig", "arguments", True, "decode_projection_kernels=True"),
+    ("TrainConfig", "pipeline", True, "decode_projection_kernels=True"),
+]
+
+
+@pytest.mark.parametrize(("cls_name", "how", "value", "error"), RETIRED_CASES)
+def test_a_retired_key_at_its_old_default_is_dropped_and_any_other_value_refused(tmp_path, cls_name, how, value, error):
+    cls = getattr(C, cls_name)
+    values = {"TrainConfig": {"stage1_model": HUB}, "WarmupConfig": {"model": HUB}}[cls_name]
+    values = {**values, "output_dir": str(tmp_path / "run"), "decode_projection_kernels": value}
+    if how == "arguments":
+        where, make = "the given values", lambda: C.build(cls, **values)
+    elif how == "pipeline":
+        from stonklib.pipeline import plan
+
+        path = _write(tmp_path, "pipeline.yaml", yaml.safe_dump({"train": values}))
+        where, make = f"{path} [train]", lambda: plan(path)[0].cfg
+    else:
+        section = C.SECTIONS[cls] if how == "section" else None
+        path = _write(tmp_path, "run/config.yaml", yaml.safe_dump({section: values} if section else values))
+        where, make = str(path), lambda: C.build(cls, path, section=section)
+    if error is None:
+        with pytest.warns(UserWarning, match="decode_projection_kernels") as caught:
+            cfg = make()
+        assert where in str(caught[0].message) and "delete the key" in str(caught[0].message)
+        assert cfg.output_dir == str(tmp_path / "run") and not hasattr(cfg, "decode_projection_kernels")
+        return
+    with pytest.raises(C.ConfigError) as e:
+        make()
+    for part in (error, where, "no longer has this field", "benchmarks/RESULTS.md", "Delete the key decode_projection_kernels"):
+        assert part in str(e.value)
+
+
+def test_retired_names_are_neither_fields_nor_flags():
+    """``RETIRED`` is a ClassVar: no field, flag, notebook parameter or YAML key of its own."""
+    parser = cli.build_parser()
+    flags = {a.dest for a in parser._subparsers._group_actions[0].choices["train"]._actions}  # noqa: SLF001
+    for cls in (C.TrainConfig, C.WarmupConfig):
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert cls.RETIRED and not ({"RETIRED", *cls.RETIRED} & (names | flags))
 
 
 def test_cli_reports_config_errors_without_a_traceback(capsys):

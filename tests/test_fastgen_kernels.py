@@ -42,8 +42,7 @@ def _rope(pos: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     (6, 2, 33, 32, 16, 16),   # last slot, a partial last chunk, 3 query heads per KV head
     (2, 2, 24, 10, 64, 64),   # no grouping, one chunk
 ])
-@pytest.mark.parametrize("fused_combine", [True, False])
-def test_decode_attention_matches_torch(K, heads, kv_heads, length, slot, chunk, block_l, fused_combine):
+def test_decode_attention_matches_torch(K, heads, kv_heads, length, slot, chunk, block_l):
     n, d = 3, 16
     g = torch.Generator().manual_seed(slot + length)
     qkv = torch.randn(n, (heads + 2 * kv_heads) * d, generator=g)
@@ -54,12 +53,7 @@ def test_decode_attention_matches_torch(K, heads, kv_heads, length, slot, chunk,
     valid[1, :slot] = False  # a row that sees only the new token
     kc2, vc2 = kc.clone(), vc.clone()
     s = torch.tensor([slot])
-    got = K.decode_attention(qkv, cos, sin, kc, vc, valid, s, heads, kv_heads, d ** -0.5, chunk=chunk, block_l=block_l,
-                             fused_combine=fused_combine)
-    if fused_combine:  # each (row, kv head)'s chunk counter went back to zero for the next call
-        from stonklib.kernels.attention import _counts
-
-        assert not _counts[qkv.device].any()
+    got = K.decode_attention(qkv, cos, sin, kc, vc, valid, s, heads, kv_heads, d ** -0.5, chunk=chunk, block_l=block_l)
     want = K.decode_attention_reference(qkv, cos, sin, kc2, vc2, valid, s, heads, kv_heads, d ** -0.5)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(kc, kc2, rtol=1e-6, atol=1e-6)  # the new key, rotated, went to `slot`
@@ -190,61 +184,11 @@ def test_decoder_uses_the_mlp_kernel_only_when_asked(K):
     ids, mask = left_padded()
     runs = {}
     for name, kw in {"plain": dict(kernels=False), "attention": dict(kernels=True, mlp_kernel=False),
-                     "mlp": dict(kernels=True, mlp_kernel=True),
-                     "proj": dict(kernels=True, mlp_kernel=True, projection_kernels=True),
-                     "proj_without_mlp": dict(kernels=True, mlp_kernel=False, projection_kernels=True)}.items():
+                     "mlp": dict(kernels=True, mlp_kernel=True)}.items():
         fs = FastSampler(model, TOK, max_batch=3, max_len=24, **kw)
-        assert (fs.decoder.mlps is not None) == (name in ("mlp", "proj"))
-        assert (fs.decoder.skinny is not None) == (name == "proj")  # the projections need the MLP kernel
+        assert (fs.decoder.mlps is not None) == (name == "mlp")
         runs[name] = fs.sample(ids, mask, max_new_tokens=8, greedy=True)
     assert all(torch.equal(runs["plain"], r) for r in runs.values())
-
-
-def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.nn.functional.rms_norm(x, (x.shape[-1],), w, eps)
-
-
-@pytest.mark.parametrize("rows", [1, 5, 16])
-@pytest.mark.parametrize("bias", [True, False])
-def test_skinny_layer_matches_norm_then_linear(K, rows, bias):
-    """q|k|v with the RMSNorm folded into the sums (and Qwen2's bias), o with the residual, the normed MLP."""
-    hidden, n_qkv, inter, eps = 96, 160, 200, 1e-6  # partial column and k blocks everywhere
-    g = torch.Generator().manual_seed(rows + bias)
-    w = lambda *shape: torch.randn(*shape, generator=g) * 0.05  # noqa: E731
-    ln_a, ln_m = 1 + w(hidden), 1 + w(hidden)
-    w_qkv, b_qkv, w_o, b_o = w(n_qkv, hidden), w(n_qkv) if bias else None, w(hidden, hidden), w(hidden) if bias else None
-    w_gu, w_d = w(2 * inter, hidden), w(hidden, inter)
-    x, a = torch.randn(rows, hidden, generator=g) * 3, torch.randn(rows, hidden, generator=g)
-    config = {"qkv": (32, 32, 1, 4, 1), "o": (16, 64, 1, 4, 1), "gate_up": (32, 64, 1, 4, 1), "down": (16, 64, 3, 4, 1)}
-    sk = K.SkinnyLayer(ln_a, w_qkv, b_qkv, w_o, b_o, ln_m, w_gu, w_d, eps, max_rows=16, config=config)
-    close = dict(rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sk.qkv(x), torch.nn.functional.linear(_rms(x, ln_a, eps), w_qkv, b_qkv), **close)
-    torch.testing.assert_close(sk.o(a, x), x + torch.nn.functional.linear(a, w_o, b_o), **close)
-    torch.testing.assert_close(sk.mlp(x), K.skinny_mlp_reference(x, _rms(x, ln_m, eps), w_gu, w_d), **close)
-    assert not sk.mlp_kernels.ws.any()  # down's split-K workspace is re-zeroed
-    with pytest.raises(ValueError, match="split_k must be 1"):
-        sk.qkv(x, config=(32, 32, 2, 4, 1))
-    with pytest.raises(ValueError, match="needs the MLP's RMSNorm weight"):
-        K.SkinnyMLP(w_gu, w_d, max_rows=16).normed(x)
-
-
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])  # qwen2: the q|k|v bias
-@torch.no_grad()
-def test_decoder_projection_kernels_match_the_plain_path(K, kind):
-    from stonklib.sampling import FastSampler
-
-    model = tiny_model(kind, seed=9)
-    ids, mask = left_padded()
-    plain = FastSampler(model, TOK, max_batch=3, max_len=24, kernels=False)
-    fused = FastSampler(model, TOK, max_batch=3, max_len=24, kernels=True, projection_kernels=True)
-    assert fused.decoder.skinny is not None
-    assert torch.equal(plain.sample(ids, mask, max_new_tokens=10, greedy=True),
-                       fused.sample(ids, mask, max_new_tokens=10, greedy=True))
-    P = ids.shape[1]
-    for fs in (plain, fused):
-        fs.decoder.prefill(ids, mask)
-    args = (ids[:, -1], mask.sum(-1), torch.tensor([P]), plain.state.slot_valid[:3])
-    assert rel_err(fused.decoder.decode(*args), plain.decoder.decode(*args)) < 1e-5
 
 
 @pytest.mark.parametrize(("n", "V", "temperature", "dtype"), [

@@ -16,6 +16,7 @@ from stonklib.config.core import (
     base_type,
     build,
     coerce,
+    drop_retired,
     dump_yaml,
     field_types,
     load_yaml,
@@ -40,5 +41,5 @@ from stonklib.config.stages import (
 SECTIONS = {DataConfig: "data", WarmupConfig: "warmup", TrainConfig: "train", EvalConfig: "eval"}
 
 __all__ = ["ADVANTAGE_SCALES", "BEST_METRICS", "DIRECTION_SOURCES", "IS_LEVELS", "KERNEL_SWITCH", "LOSS_TYPES", "REWARD_PARTS", "SECTIONS", "ConfigError", "DataConfig",
-           "EvalConfig", "TrainConfig", "WarmupConfig", "base_type", "build", "coerce", "dump_yaml", "field_types", "kernels_arg",
+           "EvalConfig", "TrainConfig", "WarmupConfig", "base_type", "build", "coerce", "drop_retired", "dump_yaml", "field_types", "kernels_arg",
            "load_yaml", "to_dict"]

@@ -9,6 +9,7 @@ import math
 import re
 import types
 import typing
+import warnings
 from dataclasses import field
 from pathlib import Path
 from typing import Any
@@ -213,10 +214,42 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merged
 
 
+def drop_retired(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` without the keys of fields ``cls`` has retired (its ``RETIRED``: name -> (old default, why)).
+
+    A retired key holding its old default (an old run's ``config.yaml``) is dropped with a warning: the run
+    behaves as it did. Any other value asked for what no longer exists: a :class:`ConfigError` that says so.
+    ``where`` names the file (or whatever the values came from) in both.
+    """
+    retired = getattr(cls, "RETIRED", {})
+    out = dict(values)
+    for name in sorted(set(values) & set(retired)):
+        old, why = retired[name]
+        value = out.pop(name)
+        if _same_value(name, value, old):
+            warnings.warn(f"{where}: {name}: {value!r} is ignored: {cls.__name__} no longer has this field ({why}); "
+                          f"delete the key.", stacklevel=3)
+            continue
+        raise ConfigError(f"{where}: {name}={value!r}: {cls.__name__} no longer has this field, it was removed "
+                          f"({why}). Delete the key {name}; runs now behave as with {name}={old!r}.")
+    return out
+
+
+def _same_value(name: str, value: Any, old: Any) -> bool:
+    """``value`` means ``old`` (read as the old field's type: ``'no'`` is False, as it was for the field)."""
+    if old is None:
+        return value is None
+    try:
+        return coerce(name, type(old), value) == old
+    except ConfigError:
+        return False
+
+
 def build(cls: type, yaml_path: str | Path | None = None, section: str | None = None, **overrides: Any):
     """Make a config from an optional YAML file (optionally one section of it) plus overrides.
 
-    Unknown keys are an error that lists the valid ones, so a typo never passes silently.
+    Unknown keys are an error that lists the valid ones, so a typo never passes silently; keys of retired
+    fields are dropped or refused by :func:`drop_retired`.
     """
     values: dict[str, Any] = {}
     if yaml_path:
@@ -227,8 +260,8 @@ def build(cls: type, yaml_path: str | Path | None = None, section: str | None = 
                 raise ConfigError(f"{yaml_path}: key(s) {stray} sit beside the {section}: section and would be ignored; "
                                   f"move them into a section ({', '.join(s for s in FILE_SECTIONS if s in data)}).")
             data = data.get(section, {}) or {}
-        values.update(data)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+        values.update(drop_retired(cls, data, str(yaml_path)))
+    values.update(drop_retired(cls, {k: v for k, v in overrides.items() if v is not None}, "the given values"))
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:

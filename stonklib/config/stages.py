@@ -10,6 +10,7 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from stonklib import paths
 from stonklib.config.core import ConfigError, check_model_ref, coerce_fields, is_time_zone, option, require
@@ -109,6 +110,13 @@ class DataConfig:
 class RunConfig:
     """What a training run shares with the others: outputs, model loading and LoRA, data, optimiser, logs."""
 
+    #: Fields that are gone: name -> (their old default, why). An old run's ``config.yaml`` that still holds
+    #: the old default loads with a warning; any other value is an error (:func:`stonklib.config.core.build`).
+    RETIRED: ClassVar[dict[str, tuple[Any, str]]] = {
+        "decode_projection_kernels": (False, "measured slower than cuBLAS on an H100; see benchmarks/RESULTS.md, "
+                                             "Tried and removed"),
+    }
+
     # --- outputs and the policy
     output_dir: str = option("runs/stage2", "Where logs, checkpoints and the final adapter go.")
     quantize: bool = option(False, "Load the base model in 4-bit NF4 (bitsandbytes, double quantization).")
@@ -123,7 +131,6 @@ class RunConfig:
     fast_sampler: bool = option(True, "Sample with stonklib.sampling.fast.FastSampler (bf16 + CUDA graphs on GPU, float32 eager on CPU); architectures it does not implement fall back to HF generate.")
     triton_kernels: str = option("auto", "The Triton kernels (the decode step's attention, MLP and top-p draw; the update's RMSNorm, SwiGLU, RoPE, log-prob head and seeded LoRA dropout): auto (on CUDA with Triton installed), off (their plain-torch twins: the same model and sampling distribution, slower) or on (wherever Triton runs, CPU included under TRITON_INTERPRET=1: slow, for tests).")
     decode_mlp_kernel: bool = option(True, "With triton_kernels: the decode step's MLP as a Triton kernel too. Its split-K sums use atomics, so GPU sampling is not bit-reproducible run to run; off keeps cuBLAS for the MLP.")
-    decode_projection_kernels: bool = option(False, "With triton_kernels and decode_mlp_kernel: the decode step's q|k|v and o projections as Triton kernels too, with both RMSNorms and the residual adds folded in (no separate norm, add or copy kernels).")
     compile_decoder: bool = option(True, "On CUDA, torch.compile each decode layer's elementwise work (compiled once per run).")
     decode_graphs: bool = option(True, "On CUDA, replay the sampler's decode step from a CUDA graph (one launch per token step).")
     # --- data

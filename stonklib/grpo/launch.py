@@ -40,8 +40,7 @@ def make_sampler(cfg, policy, tokenizer, log: RunLog | None = None, max_batch: i
                                max_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
                                cuda_graphs=None if cfg.decode_graphs else False,
                                compile=None if cfg.compile_decoder else False,
-                               kernels=cfglib.kernels_arg(cfg), mlp_kernel=cfg.decode_mlp_kernel,
-                               projection_kernels=cfg.decode_projection_kernels)
+                               kernels=cfglib.kernels_arg(cfg), mlp_kernel=cfg.decode_mlp_kernel)
         except UnsupportedModelError as e:
             if log is not None:
                 log.info("fast sampler unavailable (%s); sampling with HF generate", e)

@@ -17,9 +17,6 @@ up to the current one are read (the plain decoder reads all ``max_len`` slots an
 ``silu(gate) * up`` fused, and down with the residual add fused, split-K over a float32
 workspace (atomics, so the order of the float sums is not fixed run to run); faster than cuBLAS plus
 the eager SiLU-gating at these few rows (``benchmarks/decode_kernels.py`` times both).
-:class:`SkinnyLayer` adds the same kernel for the q|k|v projection (its RMSNorm folded in: the
-norm's per-row scale multiplies the finished sums) and for o (the residual add fused), so a decode
-layer is five matmul kernels and the attention pair, with no separate norm, add or copy.
 
 :func:`sample_top_p` is the sampler's sort-free nucleus draw (``_sample_top_p``: k candidates from
 the full softmax, the first inside the nucleus wins) in four kernels that read the [N, V] logits
@@ -40,10 +37,10 @@ import torch
 
 from stonklib.kernels._triton import triton
 from stonklib.kernels.attention import ATTENTION_CONFIG, decode_attention, decode_attention_reference
-from stonklib.kernels.mlp import MLP_CONFIG, SkinnyLayer, SkinnyMLP, skinny_mlp_reference
+from stonklib.kernels.mlp import MLP_CONFIG, SkinnyMLP, skinny_mlp_reference
 from stonklib.kernels.topp import sample_top_p
 
-__all__ = ["ATTENTION_CONFIG", "MLP_CONFIG", "SkinnyLayer", "SkinnyMLP", "available", "decode_attention", "decode_attention_reference",
+__all__ = ["ATTENTION_CONFIG", "MLP_CONFIG", "SkinnyMLP", "available", "decode_attention", "decode_attention_reference",
            "sample_top_p", "skinny_mlp_reference", "wanted"]
 
 

@@ -1,4 +1,4 @@
-"""Decode attention over the static KV cache: RoPE, cache write and split-KV attention in one kernel (or two)."""
+"""Decode attention over the static KV cache: RoPE, cache write and split-KV attention in two kernels."""
 
 from __future__ import annotations
 
@@ -11,17 +11,11 @@ if triton is not None:
 
     @triton.jit
     def _attn_split_kernel(qkv_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, valid_ptr, slot_ptr,
-                           m_ptr, l_ptr, acc_ptr, count_ptr, out_ptr,
-                           s_qkv, s_cs, s_kn, s_kh, s_kl, s_valid, s_out, scale,
+                           m_ptr, l_ptr, acc_ptr,
+                           s_qkv, s_cs, s_kn, s_kh, s_kl, s_valid, scale,
                            H: tl.constexpr, KVH: tl.constexpr, D: tl.constexpr, G: tl.constexpr,
-                           GP: tl.constexpr, CHUNK: tl.constexpr, BLOCK_L: tl.constexpr, S: tl.constexpr,
-                           FUSED_COMBINE: tl.constexpr):
-        """One (row, kv head, chunk of cache slots): partial softmax state of the G query heads.
-
-        With FUSED_COMBINE the last of the S chunk programs of a (row, kv head) to finish (an atomic
-        count, reset by that program) merges the S states into the output itself, so no second
-        kernel runs; otherwise :func:`_attn_combine_kernel` does.
-        """
+                           GP: tl.constexpr, CHUNK: tl.constexpr, BLOCK_L: tl.constexpr, S: tl.constexpr):
+        """One (row, kv head, chunk of cache slots): partial softmax state of the G query heads."""
         n = tl.program_id(0)
         kh = tl.program_id(1)
         s = tl.program_id(2)
@@ -72,27 +66,6 @@ if triton is not None:
         tl.store(m_ptr + base * GP + g, m_i, mask=gm)
         tl.store(l_ptr + base * GP + g, l_i, mask=gm)
         tl.store(acc_ptr + (base * GP + g)[:, None] * D + d[None, :], acc, mask=gm[:, None])
-        if FUSED_COMBINE:
-            tl.debug_barrier()  # every thread's partial state is written before the count is raised
-            done = tl.atomic_add(count_ptr + n * KVH + kh, 1, sem="acq_rel", scope="gpu")
-            if done == S - 1:  # the last chunk of this (row, kv head): the others' states are visible
-                tl.store(count_ptr + n * KVH + kh, 0)  # ready for the next call
-                first = (n * KVH + kh) * S
-                m_max = tl.full([GP], float("-inf"), tl.float32)
-                for c in range(S):
-                    m_max = tl.maximum(m_max, tl.load(m_ptr + (first + c) * GP + g, mask=gm, other=float("-inf"),
-                                                      cache_modifier=".cg"))
-                den = tl.zeros([GP], tl.float32)
-                o = tl.zeros([GP, D], tl.float32)
-                for c in range(S):
-                    m_c = tl.load(m_ptr + (first + c) * GP + g, mask=gm, other=float("-inf"), cache_modifier=".cg")
-                    w = tl.where(m_c == float("-inf"), 0.0, tl.exp(m_c - m_max))
-                    den += w * tl.load(l_ptr + (first + c) * GP + g, mask=gm, other=0.0, cache_modifier=".cg")
-                    o += w[:, None] * tl.load(acc_ptr + ((first + c) * GP + g)[:, None] * D + d[None, :],
-                                              mask=gm[:, None], other=0.0, cache_modifier=".cg")
-                o = o / tl.where(gm, den, 1.0)[:, None]
-                tl.store(out_ptr + n * s_out + (kh * G + g)[:, None] * D + d[None, :],
-                         o.to(out_ptr.dtype.element_ty), mask=gm[:, None])
 
     @triton.jit
     def _attn_combine_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, s_out,
@@ -117,33 +90,18 @@ if triton is not None:
 
 # (chunk, block_l, num_warps): the fastest of benchmarks/decode_kernels.py's sweep on an H100 at the seed shape.
 ATTENTION_CONFIG = (64, 32, 4)
-#: Merge the chunks' softmax states in the split kernel's last program (one kernel a layer) rather than
-#: in a second kernel; ``benchmarks/decode_kernels.py`` times both.
-FUSED_COMBINE = False
-
-_counts: dict[torch.device, Tensor] = {}
-
-
-def _count_buffer(device: torch.device, size: int) -> Tensor:
-    """Zeroed int32 counters the fused combine counts chunks in (each reset to 0 by the program that used it)."""
-    buf = _counts.get(device)
-    if buf is None or buf.numel() < size:
-        buf = _counts[device] = torch.zeros(max(size, 64), dtype=torch.int32, device=device)
-    return buf
 
 
 def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_cache: Tensor, slot_valid: Tensor,
                      slot: Tensor, n_heads: int, n_kv_heads: int, scale: float, chunk: int | None = None,
-                     block_l: int | None = None, num_warps: int | None = None,
-                     fused_combine: bool | None = None) -> Tensor:
+                     block_l: int | None = None, num_warps: int | None = None) -> Tensor:
     """Attention output [N, H*D] for one new token per row; writes its rotated k and v into slot ``slot``.
 
     ``qkv`` [N, (H + 2*KVH) * D] is the fused projection before RoPE; ``cos``/``sin`` [N, D] are
     :meth:`Decoder.rope_step`'s (sign-folded sin); ``k_cache``/``v_cache`` [N, KVH, L, D] (last dim
     contiguous); ``slot_valid`` [N, L] bool; ``slot`` a 1-element int64 tensor. Fixed launch shapes
     and no host sync, so it can be captured in a CUDA graph. ``chunk`` (cache slots per program),
-    ``block_l`` (slots per inner step) and ``num_warps`` default to :data:`ATTENTION_CONFIG`,
-    ``fused_combine`` to :data:`FUSED_COMBINE`.
+    ``block_l`` (slots per inner step) and ``num_warps`` default to :data:`ATTENTION_CONFIG`.
     """
     chunk = chunk or ATTENTION_CONFIG[0]
     block_l = block_l or ATTENTION_CONFIG[1]
@@ -157,16 +115,12 @@ def decode_attention(qkv: Tensor, cos: Tensor, sin: Tensor, k_cache: Tensor, v_c
     acc = torch.empty(n, kvh, s, gp, d, dtype=torch.float32, device=qkv.device)
     out = torch.empty(n, n_heads * d, dtype=qkv.dtype, device=qkv.device)
     cos, sin = cos.reshape(n, d), sin.reshape(n, d)
-    fused = FUSED_COMBINE if fused_combine is None else fused_combine
-    count = _count_buffer(qkv.device, n * kvh)
     _attn_split_kernel[(n, kvh, s)](
-        qkv, cos, sin, k_cache, v_cache, slot_valid, slot, m, l_, acc, count, out,
+        qkv, cos, sin, k_cache, v_cache, slot_valid, slot, m, l_, acc,
         qkv.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), slot_valid.stride(0),
-        out.stride(0), scale, H=n_heads, KVH=kvh, D=d, G=g, GP=gp, CHUNK=chunk, BLOCK_L=block_l, S=s,
-        FUSED_COMBINE=fused, num_warps=num_warps)
-    if not fused:
-        _attn_combine_kernel[(n, n_heads)](m, l_, acc, out, out.stride(0), KVH=kvh, D=d, G=g, GP=gp, S=s,
-                                           SP=triton.next_power_of_2(s))
+        scale, H=n_heads, KVH=kvh, D=d, G=g, GP=gp, CHUNK=chunk, BLOCK_L=block_l, S=s, num_warps=num_warps)
+    _attn_combine_kernel[(n, n_heads)](m, l_, acc, out, out.stride(0), KVH=kvh, D=d, G=g, GP=gp, S=s,
+                                       SP=triton.next_power_of_2(s))
     return out
 
 

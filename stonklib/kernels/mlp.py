@@ -1,5 +1,4 @@
-"""A decode step's matmuls for few rows: the MLP (gate|up with SiLU-gating fused, down with the residual
-fused) and, in :class:`SkinnyLayer`, the attention's q|k|v and o projections too, RMSNorms folded in."""
+"""A decode step's MLP for few rows: gate|up with SiLU-gating fused, down with the residual fused."""
 
 from __future__ import annotations
 
@@ -11,18 +10,14 @@ from stonklib.kernels._triton import tl, triton
 if triton is not None:
 
     @triton.jit
-    def _skinny_mm_kernel(x_ptr, w1_ptr, w2_ptr, res_ptr, ln_ptr, b_ptr, ws_ptr, out_ptr, M, N, K, s_x, s_w, s_res,
-                          s_out, eps, GATED: tl.constexpr, RESIDUAL: tl.constexpr, NORM: tl.constexpr,
-                          BIAS: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
-        """x [M, K] @ W^T for a few rows M: silu(x W1^T) * (x W2^T) when GATED, else x W1^T (+ bias) (+ res).
+    def _skinny_mm_kernel(x_ptr, w1_ptr, w2_ptr, res_ptr, ws_ptr, out_ptr, M, N, K, s_x, s_w, s_res, s_out,
+                          GATED: tl.constexpr, RESIDUAL: tl.constexpr, SPLIT_K: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """x [M, K] @ W^T for a few rows M: silu(x W1^T) * (x W2^T) when GATED, else x W1^T (+ res).
 
-        Weight tiles [BLOCK_N, BLOCK_K] are contiguous along k. With NORM, x is first RMS-normalised
-        with weight ``ln``: the row's sum of squares accumulates from the x tiles the loop loads
-        anyway, and since the norm's scale is one number per row it multiplies the finished sums
-        (``rms(x) W^T = rsqrt(mean(x^2) + eps) * ((x * ln) W^T)``), so no separate norm kernel runs.
-        With SPLIT_K > 1 each program sums a slice of k into the float32 workspace ``ws`` (atomics);
-        :func:`_skinny_finish_kernel` adds the residual, rounds and re-zeroes the workspace.
+        Weight tiles [BLOCK_N, BLOCK_K] are contiguous along k. With SPLIT_K > 1 each program sums a
+        slice of k into the float32 workspace ``ws`` (atomics); :func:`_skinny_finish_kernel` adds
+        the residual, rounds and re-zeroes the workspace.
         """
         pid = tl.program_id(0)
         pk = tl.program_id(1)
@@ -34,24 +29,15 @@ if triton is not None:
         per = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
         acc1 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         acc2 = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        ss = tl.zeros([BLOCK_M], tl.float32)
         for k0 in range(pk * per, tl.minimum(K, (pk + 1) * per), BLOCK_K):
             k = k0 + kk
             km = k < K
             x = tl.load(x_ptr + rows[:, None] * s_x + k[None, :], mask=rm[:, None] & km[None, :], other=0.0)
-            if NORM:
-                xf = x.to(tl.float32)
-                ss += tl.sum(xf * xf, 1)
-                x = (xf * tl.load(ln_ptr + k, mask=km, other=0.0).to(tl.float32)[None, :]).to(x_ptr.dtype.element_ty)
             woff = cols[:, None] * s_w + k[None, :]
             wm = cm[:, None] & km[None, :]
             acc1 = tl.dot(x, tl.trans(tl.load(w1_ptr + woff, mask=wm, other=0.0)), acc1)
             if GATED:
                 acc2 = tl.dot(x, tl.trans(tl.load(w2_ptr + woff, mask=wm, other=0.0)), acc2)
-        if NORM:
-            r = tl.rsqrt(ss / K + eps)[:, None]
-            acc1 = acc1 * r
-            acc2 = acc2 * r
         om = rm[:, None] & cm[None, :]
         dt = out_ptr.dtype.element_ty
         if SPLIT_K > 1:
@@ -62,8 +48,6 @@ if triton is not None:
                 out = (gate * tl.sigmoid(gate)).to(dt).to(tl.float32) * acc2.to(dt).to(tl.float32)
             else:
                 out = acc1
-                if BIAS:
-                    out += tl.load(b_ptr + cols, mask=cm, other=0.0).to(tl.float32)[None, :]
                 if RESIDUAL:
                     out += tl.load(res_ptr + rows[:, None] * s_res + cols[None, :], mask=om, other=0.0).to(tl.float32)
             tl.store(out_ptr + rows[:, None] * s_out + cols[None, :], out.to(dt), mask=om)
@@ -81,34 +65,26 @@ if triton is not None:
         tl.store(ws_ptr + r * N + c, tl.zeros([BLOCK], tl.float32), mask=cm)
 
 
-#: (block_n, block_k, split_k, num_warps, num_stages) per matmul. gate_up and down: the fastest of
-#: ``benchmarks/decode_kernels.py --sweep`` on an H100; qkv and o (SkinnyLayer): whole sums (the norm
-#: folded into qkv needs them), tiles chosen so that 16 rows x 2048 or 1536 outputs make 128 or 96 programs.
-MLP_CONFIG = {"gate_up": (32, 64, 1, 4, 4), "down": (32, 128, 8, 4, 3), "qkv": (16, 128, 1, 4, 4),
-              "o": (16, 128, 1, 4, 4)}
+# (block_n, block_k, split_k, num_warps, num_stages) per matmul: benchmarks/decode_kernels.py --sweep on an H100.
+MLP_CONFIG = {"gate_up": (32, 64, 1, 4, 4), "down": (32, 128, 8, 4, 3)}
 
 
 class SkinnyMLP:
     """The decode step's MLP for few rows: ``x + down(silu(gate(h)) * up(h))`` in two or three kernels.
 
     Reads the same dense bf16 weights as the plain path (``gate_up`` stacked [2I, H], ``down``
-    [H, I], no bias); the float32 split-K workspace is allocated once and kept zeroed. Given
-    ``ln`` (the MLP's RMSNorm weight) and ``eps``, :meth:`normed` takes the residual stream alone
-    and folds the norm into gate|up.
+    [H, I], no bias); the float32 split-K workspace is allocated once and kept zeroed.
     """
 
-    def __init__(self, w_gate_up: Tensor, w_down: Tensor, max_rows: int, config: dict | None = None,
-                 ln: Tensor | None = None, eps: float = 0.0):
+    def __init__(self, w_gate_up: Tensor, w_down: Tensor, max_rows: int, config: dict | None = None):
         self.inter = w_gate_up.shape[0] // 2
         self.w_gate, self.w_up = w_gate_up[: self.inter], w_gate_up[self.inter:]
         self.w_down = w_down
-        self.ln, self.eps = ln, eps
         self.config = dict(MLP_CONFIG, **(config or {}))
         self.ws = torch.zeros(max_rows, w_down.shape[0], dtype=torch.float32, device=w_down.device)
 
-    def gate_up(self, h: Tensor, config: tuple | None = None, norm: bool = False) -> Tensor:
-        return _skinny(h, self.w_gate, self.w_up, None, self.ws, config or self.config["gate_up"],
-                       ln=self.ln if norm else None, eps=self.eps)
+    def gate_up(self, h: Tensor, config: tuple | None = None) -> Tensor:
+        return _skinny(h, self.w_gate, self.w_up, None, self.ws, config or self.config["gate_up"])
 
     def down(self, act: Tensor, residual: Tensor | None, config: tuple | None = None) -> Tensor:
         return _skinny(act, self.w_down, None, residual, self.ws, config or self.config["down"])
@@ -117,62 +93,20 @@ class SkinnyMLP:
         """``x`` the residual stream [M, H], ``h`` its post-attention RMSNorm."""
         return self.down(self.gate_up(h), x)
 
-    def normed(self, x: Tensor) -> Tensor:
-        """``x + mlp(rms_norm(x))`` from the residual stream alone (needs ``ln``)."""
-        if self.ln is None:
-            raise ValueError("SkinnyMLP.normed needs the MLP's RMSNorm weight: build it with ln=...")
-        return self.down(self.gate_up(x, norm=True), x)
 
-
-class SkinnyLayer:
-    """A decoder layer's matmuls for a decode step's few rows, four or five kernels with the attention between.
-
-    - :meth:`qkv`: ``rms_norm(x) W_qkv^T + b`` (Qwen2's q|k|v bias; Llama has none), norm folded in;
-    - :meth:`o`: ``x + a W_o^T (+ b)``, the residual fused into the store;
-    - :meth:`mlp`: :meth:`SkinnyMLP.normed`, the post-attention norm folded into gate|up.
-
-    So a layer runs no separate RMSNorm, residual add or copy; the plain path (``Decoder`` with
-    ``projection_kernels`` off) runs those around cuBLAS. Same dense weights, same rounding points
-    up to the norm: the plain path rounds ``x * rsqrt(...)`` and its product with ``ln`` to the
-    weights' dtype, here ``x * ln`` is rounded and the scale is applied to the float32 sums.
-    """
-
-    def __init__(self, ln_attn: Tensor, w_qkv: Tensor, b_qkv: Tensor | None, w_o: Tensor, b_o: Tensor | None,
-                 ln_mlp: Tensor, w_gate_up: Tensor, w_down: Tensor, eps: float, max_rows: int,
-                 config: dict | None = None):
-        self.mlp_kernels = SkinnyMLP(w_gate_up, w_down, max_rows, config, ln=ln_mlp, eps=eps)
-        self.config = self.mlp_kernels.config
-        self.ln_attn, self.eps = ln_attn, eps
-        self.w_qkv, self.b_qkv, self.w_o, self.b_o = w_qkv, b_qkv, w_o, b_o
-
-    def qkv(self, x: Tensor, config: tuple | None = None) -> Tensor:
-        return _skinny(x, self.w_qkv, None, None, self.mlp_kernels.ws, config or self.config["qkv"],
-                       ln=self.ln_attn, eps=self.eps, bias=self.b_qkv)
-
-    def o(self, a: Tensor, x: Tensor, config: tuple | None = None) -> Tensor:
-        return _skinny(a, self.w_o, None, x, self.mlp_kernels.ws, config or self.config["o"], bias=self.b_o)
-
-    def mlp(self, x: Tensor) -> Tensor:
-        return self.mlp_kernels.normed(x)
-
-
-def _skinny(x: Tensor, w1: Tensor, w2: Tensor | None, res: Tensor | None, ws: Tensor, config: tuple,
-            ln: Tensor | None = None, eps: float = 0.0, bias: Tensor | None = None) -> Tensor:
+def _skinny(x: Tensor, w1: Tensor, w2: Tensor | None, res: Tensor | None, ws: Tensor, config: tuple) -> Tensor:
     block_n, block_k, split_k, warps, stages = config
     m, k = x.shape
     n = w1.shape[0]
-    if split_k > 1 and (w2 is not None or ln is not None or bias is not None):
-        raise ValueError("the gated matmul, a folded norm and a bias need whole sums: split_k must be 1")
-    if bias is not None and w2 is not None:
-        raise ValueError("a bias on the gated matmul is not implemented (Llama/Qwen2 MLPs have none)")
+    if w2 is not None and split_k > 1:
+        raise ValueError("the gated matmul needs whole sums: split_k must be 1")
     if m > ws.shape[0]:
         raise ValueError(f"{m} rows exceed the workspace's {ws.shape[0]}")
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     res_t = res if res is not None else out
     _skinny_mm_kernel[(triton.cdiv(n, block_n), split_k)](
-        x, w1, w2 if w2 is not None else w1, res_t, ln if ln is not None else w1, bias if bias is not None else w1, ws,
-        out, m, n, k, x.stride(0), w1.stride(0), res_t.stride(0), out.stride(0), eps, GATED=w2 is not None,
-        RESIDUAL=res is not None, NORM=ln is not None, BIAS=bias is not None, SPLIT_K=split_k,
+        x, w1, w2 if w2 is not None else w1, res_t, ws, out, m, n, k, x.stride(0), w1.stride(0), res_t.stride(0),
+        out.stride(0), GATED=w2 is not None, RESIDUAL=res is not None, SPLIT_K=split_k,
         BLOCK_M=max(16, triton.next_power_of_2(m)), BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
         num_stages=stages)
     if split_k > 1:

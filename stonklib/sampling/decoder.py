@@ -41,25 +41,17 @@ class KVCache:
 class Decoder:
     """``kernels=True`` makes :meth:`decode` run each layer's attention (RoPE, cache write, attention) as
     the Triton kernel of :mod:`stonklib.kernels` (CUDA; on CPU only under Triton's interpreter);
-    ``mlp_kernel=True`` also its MLP (:class:`~stonklib.kernels.SkinnyMLP`, bias-free MLPs), and
-    ``projection_kernels=True`` with it the q|k|v and o projections with both RMSNorms and the
-    residual adds folded in (:class:`~stonklib.kernels.SkinnyLayer`: five matmul kernels a layer)."""
+    ``mlp_kernel=True`` also its MLP (:class:`~stonklib.kernels.SkinnyMLP`, bias-free MLPs)."""
 
     def __init__(self, spec: ArchSpec, weights: DecoderWeights, cache: KVCache, compile: bool | str = False,
-                 kernels: bool = False, mlp_kernel: bool = False, projection_kernels: bool = False):
+                 kernels: bool = False, mlp_kernel: bool = False):
         self.spec, self.w, self.cache = spec, weights, cache
         self.kernels = kernels
-        self.mlps = self.skinny = None
+        self.mlps = None
         if kernels and mlp_kernel and all(lw.gate_up.bias is None and lw.down.bias is None for lw in weights.layers):
-            from stonklib.kernels import SkinnyLayer, SkinnyMLP
+            from stonklib.kernels import SkinnyMLP
 
-            if projection_kernels:
-                self.skinny = [SkinnyLayer(lw.ln_attn, lw.qkv.weight, lw.qkv.bias, lw.o.weight, lw.o.bias, lw.ln_mlp,
-                                           lw.gate_up.weight, lw.down.weight, spec.rms_eps, cache.max_batch)
-                               for lw in weights.layers]
-                self.mlps = [sk.mlp_kernels for sk in self.skinny]
-            else:
-                self.mlps = [SkinnyMLP(lw.gate_up.weight, lw.down.weight, cache.max_batch) for lw in weights.layers]
+            self.mlps = [SkinnyMLP(lw.gate_up.weight, lw.down.weight, cache.max_batch) for lw in weights.layers]
         self._pre, self._post, self._norm_qkv = _pre_attention, _post_attention, _norm_qkv
         self._out_norm = _attention_out_norm
         if compile:  # fuse the elementwise work of each layer (one compiled graph serves every layer)
@@ -184,20 +176,13 @@ class Decoder:
 
     def _decode_kernels(self, tok: Tensor, pos: Tensor, slot: Tensor, slot_valid: Tensor) -> Tensor:
         """:meth:`decode` with each layer's RoPE, cache write and attention as one Triton kernel pair, and
-        its MLP as :class:`~stonklib.kernels.SkinnyMLP` when ``mlp_kernel`` was asked for (with
-        ``projection_kernels``, every matmul but the LM head as :class:`~stonklib.kernels.SkinnyLayer`)."""
+        its MLP as :class:`~stonklib.kernels.SkinnyMLP` when ``mlp_kernel`` was asked for."""
         from stonklib.kernels import decode_attention
 
         s = self.spec
         n = tok.shape[0]
         cos, sin = self.rope_step(pos)
         x = F.embedding(tok, self.w.embed)
-        if self.skinny is not None:
-            for li, sk in enumerate(self.skinny):
-                a = decode_attention(sk.qkv(x), cos, sin, self.cache.k[li, :n], self.cache.v[li, :n], slot_valid,
-                                     slot, s.n_heads, s.n_kv_heads, self.scale)
-                x = sk.mlp(sk.o(a, x))
-            return self.logits(x)
         for li, lw in enumerate(self.w.layers):
             qkv = self._norm_qkv(x, lw.ln_attn, lw.qkv.weight, lw.qkv.bias, s.rms_eps)
             a = decode_attention(qkv, cos, sin, self.cache.k[li, :n], self.cache.v[li, :n], slot_valid, slot,

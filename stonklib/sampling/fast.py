@@ -107,10 +107,9 @@ class FastSampler:
     a ``torch.compile`` mode). ``top_p_candidates`` is k of the sort-free top-p sampler. ``kernels``
     (:func:`stonklib.kernels.wanted`; default: CUDA with Triton installed) runs each layer's attention
     and MLP, and the top-p draw, as the Triton kernels of :mod:`stonklib.kernels`; ``mlp_kernel=False``
-    keeps cuBLAS for the MLP, whose kernel sums split-K with atomics (not bit-reproducible);
-    ``projection_kernels`` (with the MLP kernel) runs q|k|v and o as Triton kernels too, norms and
-    residual adds folded in. The trainer sets these from ``TrainConfig`` (``decode_graphs``,
-    ``compile_decoder``, ``triton_kernels``, ``decode_mlp_kernel``, ``decode_projection_kernels``).
+    keeps cuBLAS for the MLP, whose kernel sums split-K with atomics (not bit-reproducible). The
+    trainer sets these from ``TrainConfig`` (``decode_graphs``, ``compile_decoder``, ``triton_kernels``,
+    ``decode_mlp_kernel``).
     After :meth:`sample`, ``last_logprobs`` ([N, C] float32) holds each sampled token's log-prob under ``softmax(logits / temperature)`` (before top-p, as the update computes it), from
     the bf16 merged weights: the sampler's side of the sampler/trainer gap (:func:`stonklib.grpo.loss.grpo_loss`).
     """
@@ -118,8 +117,7 @@ class FastSampler:
     def __init__(self, model, tokenizer, max_batch: int, max_len: int, *, dtype: torch.dtype | None = None,
                  cuda_graphs: bool | None = None, check_every: int = 16, eos_token_id: int | list[int] | None = None,
                  pad_token_id: int | None = None, dedup_prompts: bool = True, compile: bool | str | None = None,
-                 top_p_candidates: int = 8, kernels: bool | None = None, mlp_kernel: bool = True,
-                 projection_kernels: bool = False):
+                 top_p_candidates: int = 8, kernels: bool | None = None, mlp_kernel: bool = True):
         lm = causal_lm(model)
         self.device = lm.get_input_embeddings().weight.device
         is_cuda = self.device.type == "cuda"
@@ -130,7 +128,6 @@ class FastSampler:
         self.compile = is_cuda if compile is None else compile
         self.kernels = _kernels.wanted(kernels, self.device)
         self.mlp_kernel = bool(self.kernels and mlp_kernel)
-        self.projection_kernels = bool(self.mlp_kernel and projection_kernels)
         self.top_p_candidates = top_p_candidates
         self.eos = _eos_ids(tokenizer, eos_token_id)
         pad = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
@@ -145,7 +142,7 @@ class FastSampler:
         self.weights = DecoderWeights(model, self.dtype, self.device)
         self.cache = KVCache(self.spec, self.max_batch, self.max_len, self.dtype, self.device)
         self.decoder = Decoder(self.spec, self.weights, self.cache, compile=self.compile, kernels=self.kernels,
-                               mlp_kernel=self.mlp_kernel, projection_kernels=self.projection_kernels)
+                               mlp_kernel=self.mlp_kernel)
         self.state = _State(self.max_batch, self.max_len, self.device)
         self.eos_t = torch.tensor(self.eos or [-1], dtype=torch.long, device=self.device)
         self._graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}
