@@ -163,10 +163,7 @@ def main(argv=None) -> dict:
             tok_ids = torch.full((n,), 7, dtype=torch.long, device=dev)
             pos = torch.full((n,), P, dtype=torch.long, device=dev)
             slot = torch.tensor([P], device=dev)
-            # Only the prompt's slots and the new token's: the later slots still hold the last sample's
-            # keys, which differ from run to run, so attending them would make the comparison noise.
-            valid = torch.zeros(n, P + C, dtype=torch.bool, device=dev)
-            valid[:, :P + 1] = True
+            valid = torch.ones(n, P + C, dtype=torch.bool, device=dev)
             logits = fs.decoder.decode(tok_ids, pos, slot, valid).float().cpu()
         if variant == "baseline" or not ref_path.is_file():
             torch.save(logits, ref_path)
